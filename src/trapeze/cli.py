@@ -1,0 +1,271 @@
+"""The `trapeze` command: check, run, invoke, principal, logs, audit, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from trapeze.errors import ConfigError, TrapezeError
+
+
+def _store_url(args: argparse.Namespace, app: Any) -> str:
+    if getattr(args, "store", None):
+        return str(args.store)
+    if getattr(args, "data", None):
+        return f"sqlite:///{Path(args.data).resolve() / 'app.db'}"
+    return str(app.default_store_url())
+
+
+def _open_system(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The app and its store (for commands that only read or manage the registry)."""
+    from trapeze.runtime.app import App, _ensure_parent
+    from trapeze.store import open_store
+
+    app = App.load(args.app)
+    url = _store_url(args, app)
+    _ensure_parent(url)
+    return app, open_store(url, app.manifest.lattice)
+
+
+def _viewer_label(app: Any, store: Any, principal: str | None, label: str | None) -> str:
+    lattice = app.manifest.lattice
+    if principal is not None:
+        p = store.system.get_principal(principal)
+        if p is None:
+            raise ConfigError(f"no principal named {principal!r}; see 'trapeze principal list'")
+        return str(p.clearance)
+    return lattice.check(label) if label else lattice.bottom
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from trapeze.policy import check_app
+
+    messages = check_app(args.app)
+    errors = [m for m in messages if not m.startswith("warning:")]
+    for m in messages:
+        print(m, file=sys.stderr if m in errors else sys.stdout)
+    if errors:
+        return 1
+    print("ok")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from trapeze.runtime.app import App
+
+    app = App.load(args.app)
+    if args.unconfined_dev:
+        logging.getLogger("trapeze").warning(
+            "RUNNING FUNCTION CODE UNCONFINED (--unconfined-dev): no isolation, development only"
+        )
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    rt = app.start(_store_url(args, app), http=True, host=args.host, port=args.port,
+                   confine=not args.unconfined_dev, ifc=not args.no_ifc)
+    try:
+        print(f"trapeze: serving {app.name} on {rt.url} (store {rt.store_url})", flush=True)
+        for route in app.manifest.routes:
+            print(f"  {','.join(route.methods):12} {route.path} -> {route.function}", flush=True)
+        stop.wait()
+        print("trapeze: shutting down (finishing in-flight invocations)", flush=True)
+    finally:
+        rt.close()
+    return 0
+
+
+def _read_event(args: argparse.Namespace) -> Any:
+    if args.event_file:
+        return json.loads(Path(args.event_file).read_text())
+    if args.event is not None:
+        return json.loads(args.event)
+    return None
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    from trapeze.runtime.app import App
+
+    app = App.load(args.app)
+    event = _read_event(args)
+    with app.start(_store_url(args, app), confine=not args.unconfined_dev) as rt:
+        result = rt.invoke(args.function, event, as_principal=args.as_principal,
+                           as_label=args.label)
+    print(json.dumps({"status": result.status, "value": _jsonable(result.value),
+                      "error": result.error, "request_id": result.request_id}, indent=2))
+    return 0 if result.status == "ok" else 1
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    return value
+
+
+def cmd_principal(args: argparse.Namespace) -> int:
+    app, store = _open_system(args)
+    system = store.system
+    try:
+        if args.action == "add":
+            app.manifest.lattice.check(args.label)
+            system.add_principal(args.id, args.label)
+            token = system.create_token(args.id, expires=_expiry(args.expires))
+            print(f"added {args.id} with clearance {args.label}")
+            print(f"token (shown once, store it now): {token}")
+        elif args.action == "token":
+            token = system.create_token(args.id, expires=_expiry(args.expires))
+            print(f"token (shown once, store it now): {token}")
+        elif args.action == "remove":
+            if not system.remove_principal(args.id):
+                print(f"no principal named {args.id!r}", file=sys.stderr)
+                return 1
+            print(f"removed {args.id} and its tokens")
+        else:
+            for p in system.principals():
+                print(f"{p.id}\t{p.clearance}")
+    finally:
+        store.close()
+    return 0
+
+
+def _expiry(seconds: float | None) -> float | None:
+    return time.time() + seconds if seconds else None
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    app, store = _open_system(args)
+    try:
+        viewer = _viewer_label(app, store, args.as_principal, args.label)
+        lattice = app.manifest.lattice
+        for r in store.system.logs(visible=lambda lab: lattice.flows(lab, viewer),
+                                   function=args.function):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
+            for line in r.text.rstrip("\n").splitlines() or [""]:
+                print(f"{stamp} {r.function} {r.request_id[:8]} [{r.label}] {line}")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    app, store = _open_system(args)
+    try:
+        viewer = _viewer_label(app, store, args.as_principal, args.label)
+        lattice = app.manifest.lattice
+        for r in store.system.audit():
+            if args.kind and r.kind != args.kind:
+                continue
+            if r.label is not None and not lattice.flows(r.label, viewer):
+                continue
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
+            print(f"{stamp} {r.kind:10} {r.function or '-'} {(r.request_id or '-')[:8]} "
+                  f"[{r.label}] {json.dumps(r.detail, sort_keys=True)}")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "run_all.py"
+    if not script.exists():
+        print("benchmarks/run_all.py not found: run from a source checkout", file=sys.stderr)
+        return 1
+    sys.argv = [str(script), *(["--quick"] if args.quick else [])]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trapeze", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_store(sp: argparse.ArgumentParser) -> None:
+        g = sp.add_mutually_exclusive_group()
+        g.add_argument("--data", help="data folder (the store is DATA/app.db)")
+        g.add_argument("--store", help="store URL, e.g. sqlite:///path/app.db")
+
+    sp = sub.add_parser("check", help="validate an app's manifest")
+    sp.add_argument("app")
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("run", help="serve an app over HTTP")
+    sp.add_argument("app")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8080)
+    sp.add_argument("--unconfined-dev", action="store_true",
+                    help="DEVELOPMENT ONLY: run function code without confinement")
+    sp.add_argument("--no-ifc", action="store_true",
+                    help="the benchmark baseline: no labels, plain store, warm workers")
+    with_store(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("invoke", help="invoke one function and print its result")
+    sp.add_argument("app")
+    sp.add_argument("function")
+    sp.add_argument("--event", help="the event, as JSON")
+    sp.add_argument("--event-file", help="a file holding the event as JSON")
+    sp.add_argument("--as", dest="as_principal", help="run as this principal")
+    sp.add_argument("--label", help="run at this label (default: bottom, or the principal's)")
+    sp.add_argument("--unconfined-dev", action="store_true")
+    with_store(sp)
+    sp.set_defaults(func=cmd_invoke)
+
+    sp = sub.add_parser("principal", help="manage principals and their API tokens")
+    sp.add_argument("action", choices=["add", "list", "remove", "token"])
+    sp.add_argument("app")
+    sp.add_argument("id", nargs="?")
+    sp.add_argument("--label", help="clearance (for add)")
+    sp.add_argument("--expires", type=float, help="token lifetime in seconds")
+    with_store(sp)
+    sp.set_defaults(func=cmd_principal)
+
+    for name, func, what in (("logs", cmd_logs, "invocation logs"),
+                             ("audit", cmd_audit, "the audit log")):
+        sp = sub.add_parser(name, help=f"show {what} visible to a principal")
+        sp.add_argument("app")
+        sp.add_argument("--as", dest="as_principal", help="show what this principal may see")
+        sp.add_argument("--label", help="show what this label may see (default: bottom)")
+        if name == "logs":
+            sp.add_argument("--function")
+        else:
+            sp.add_argument("--kind", help="only entries of this kind (refused, raise, ...)")
+        with_store(sp)
+        sp.set_defaults(func=func)
+
+    sp = sub.add_parser("bench", help="run the case-study benchmarks")
+    sp.add_argument("--quick", action="store_true")
+    sp.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "principal":
+        if args.action in ("add", "remove", "token") and not args.id:
+            print(f"trapeze principal {args.action} needs a principal id", file=sys.stderr)
+            return 2
+        if args.action == "add" and not args.label:
+            print("trapeze principal add needs --label (the principal's clearance)",
+                  file=sys.stderr)
+            return 2
+    try:
+        return int(args.func(args))
+    except TrapezeError as e:
+        print(f"trapeze: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"trapeze: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""External output channels, run in the monitor: HTTP egress (httpx) and email (SMTP) (TCB).
+
+The monitor has already decided that the output may leave (current ⊑ bound, or a declassifier
+applied). These classes only make sure the request stays inside what the manifest declared —
+the URL prefixes of an HTTP channel, well-formed addresses for email — and bound what comes
+back (timeouts, response size).
+"""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Mapping
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+
+from trapeze.errors import ChannelError, FlowError, InvalidArgument, LimitExceeded
+from trapeze.policy.specs import ChannelSpec
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class HttpEgress:
+    """HTTP requests to the URL prefixes one manifest channel names."""
+
+    kind = "http"
+
+    def __init__(self, spec: ChannelSpec) -> None:
+        self.name = spec.name
+        self.bound = spec.bound
+        self.timeout = spec.timeout
+        self.max_response_bytes = spec.max_response_bytes
+        # The manifest's spec decides which URLs are inside the channel (one implementation,
+        # shared with `trapeze check`).
+        self.allows_url = spec.allows_url
+        # One pooled client for all invocations; redirects are not followed, since a redirect
+        # could lead outside the declared prefixes.
+        self._client = httpx.Client(
+            follow_redirects=False, timeout=spec.timeout, trust_env=False
+        )
+
+    def send(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        method = str(request.get("method") or "GET").upper()
+        url = request.get("url")
+        if method not in _METHODS:
+            raise InvalidArgument(f"HTTP method {method!r} is not supported")
+        if not isinstance(url, str) or not self.allows_url(url):
+            raise FlowError(f"channel {self.name!r} does not allow {url!r}")
+        headers = request.get("headers") or {}
+        if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise InvalidArgument("headers must map strings to strings")
+        body = request.get("body")
+        if isinstance(body, str):
+            body = body.encode()
+        if body is not None and not isinstance(body, bytes):
+            raise InvalidArgument("body must be bytes, a string or None")
+        timeout = request.get("timeout")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            timeout = self.timeout
+        timeout = min(float(timeout), self.timeout)
+        try:
+            with self._client.stream(
+                method, url, headers=dict(headers), content=body, timeout=timeout
+            ) as response:
+                chunks, size = [], 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > self.max_response_bytes:
+                        raise LimitExceeded(
+                            f"response from channel {self.name!r} exceeds "
+                            f"{self.max_response_bytes} bytes"
+                        )
+                    chunks.append(chunk)
+                return {
+                    "status": response.status_code,
+                    "headers": dict(response.headers),
+                    "body": b"".join(chunks),
+                }
+        except httpx.TimeoutException:
+            raise ChannelError(f"HTTP request on channel {self.name!r} timed out") from None
+        except httpx.HTTPError as e:
+            raise ChannelError(
+                f"HTTP request on channel {self.name!r} failed: {type(e).__name__}"
+            ) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _address(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or any(c in value for c in "\r\n\0"):
+        raise InvalidArgument(f"{what} must be one email address on one line")
+    return value
+
+
+class SmtpEmail:
+    """Email over SMTP to one configured server."""
+
+    kind = "smtp"
+
+    def __init__(self, spec: ChannelSpec) -> None:
+        self.name = spec.name
+        self.bound = spec.bound
+        self.host = spec.host or "127.0.0.1"
+        self.port = spec.port or 25
+        self.sender = spec.sender or "trapeze@localhost"
+        self.timeout = spec.timeout
+
+    def send(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        to = message.get("to")
+        recipients = [to] if isinstance(to, str) else to
+        if not isinstance(recipients, list) or not recipients or len(recipients) > 100:
+            raise InvalidArgument("'to' must be an address or a list of 1-100 addresses")
+        recipients = [_address(r, "each recipient") for r in recipients]
+        subject = message.get("subject", "")
+        text = message.get("text", "")
+        html = message.get("html")
+        if not isinstance(subject, str) or any(c in subject for c in "\r\n"):
+            raise InvalidArgument("'subject' must be a string on one line")
+        if not isinstance(text, str) or (html is not None and not isinstance(html, str)):
+            raise InvalidArgument("'text' and 'html' must be strings")
+        email = EmailMessage()
+        email["From"] = self.sender
+        email["To"] = ", ".join(recipients)
+        email["Subject"] = subject
+        email.set_content(text)
+        if html is not None:
+            email.add_alternative(html, subtype="html")
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                refused = smtp.send_message(email, from_addr=self.sender, to_addrs=recipients)
+        except (OSError, smtplib.SMTPException) as e:
+            raise ChannelError(
+                f"email on channel {self.name!r} failed: {type(e).__name__}"
+            ) from None
+        return {"sent": len(recipients) - len(refused), "refused": sorted(refused)}
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,1 @@
+"""The runtime: loads an app, runs invocations, wires the monitor, sandboxes and gateway."""

@@ -1,0 +1,350 @@
+"""`App` and `Runtime`: load a manifest, start the pieces, and run invocations.
+
+This is the embedding API (DESIGN §9) the CLI, the tests and the benchmarks use:
+
+    app = App.load("examples/hello_retail")
+    with app.start(store="sqlite:///tmp/app.db", http=True) as rt:
+        token = rt.add_principal("alice", label="client:alice")
+        r = rt.invoke("products", event, as_principal="alice")
+
+`ifc=False` starts the benchmark baseline instead: the same functions in warm unconfined
+workers, a plain store, and a one-label policy under which every check passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trapeze.errors import ConfigError
+from trapeze.gateway.auth import Authenticator, JwtSettings
+from trapeze.labels import Lattice
+from trapeze.monitor import Declassifier, Invocation, Monitor
+from trapeze.monitor.channels import HttpEgress, SmtpEmail
+from trapeze.policy import Manifest, load_manifest, load_policy_module
+from trapeze.runtime.audit import StoreAudit
+from trapeze.runtime.invoker import FunctionLimits, InvocationResult, Invoker, Runner
+from trapeze.store import StoreView, open_plain_store, open_store
+
+log = logging.getLogger("trapeze.runtime")
+
+BASELINE_LABEL = "none"  # the only label of the IFC-off baseline
+
+
+class App:
+    """A validated application: its manifest and where it lives."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    @classmethod
+    def load(cls, path: str | Path) -> App:
+        return cls(load_manifest(path))
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def default_store_url(self, *, ifc: bool = True) -> str:
+        name = "app.db" if ifc else "baseline.db"
+        return f"sqlite:///{self.manifest.data_dir / name}"
+
+    def start(
+        self,
+        store: str | None = None,
+        *,
+        http: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        confine: bool = True,
+        ifc: bool = True,
+        jwt: JwtSettings | None = None,
+    ) -> Runtime:
+        rt = Runtime(self, store or self.default_store_url(ifc=ifc), confine=confine, ifc=ifc,
+                     jwt=jwt)
+        try:
+            rt.start(http=http, host=host, port=port)
+        except BaseException:
+            rt.close()
+            raise
+        return rt
+
+
+class _LogSink:
+    def __init__(self, record: Callable[[str, str, str, str], Any]) -> None:
+        self._record = record
+
+    def record_log(self, inv: Invocation, text: str) -> None:
+        if text:
+            # Kept at the invocation's final label: everything printed before a raise is
+            # at most as secret as that.
+            self._record(inv.function, inv.request_id, inv.label, text)
+
+
+class Runtime:
+    def __init__(self, app: App, store_url: str, *, confine: bool, ifc: bool,
+                 jwt: JwtSettings | None) -> None:
+        self.app = app
+        self.manifest = app.manifest
+        self.ifc = ifc
+        self.confine = confine
+        self.store_url = store_url
+        self.lattice: Lattice = (
+            self.manifest.lattice if ifc else Lattice.chain([BASELINE_LABEL])
+        )
+        self._jwt = jwt
+        self._runners: dict[str, Any] = {}
+        self._server: Any = None
+        self._server_thread: threading.Thread | None = None
+        self.url: str | None = None
+        self.store: Any = None
+        self.invoker: Invoker | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ start / stop
+    def start(self, *, http: bool, host: str, port: int) -> None:
+        m = self.manifest
+        _ensure_parent(self.store_url)
+        if self.ifc:
+            self.store = open_store(self.store_url, self.lattice)
+            self.system = self.store.system
+        else:
+            self.store = open_plain_store(self.store_url)
+            self.system = self.store.system
+        audit = StoreAudit(self.system, self.lattice.bottom)
+        self.monitor = Monitor(
+            self.lattice, self.store, audit,
+            channels=self._channels(), declassifiers=self._declassifiers(),
+        )
+        for name, spec in m.functions.items():
+            self._runners[name] = self._runner(spec)
+        for runner in self._runners.values():
+            runner.start()
+        limits = {
+            name: FunctionLimits(spec.timeout, spec.concurrency, spec.retries)
+            for name, spec in m.functions.items()
+        }
+        self.invoker = Invoker(
+            self.monitor, self._runners, limits, _LogSink(self.system.append_log),
+            concurrency=m.limits.concurrency, queue=m.limits.queue,
+        )
+        self.monitor.dispatcher = self.invoker
+        self._register_dev_principals()
+        self.authenticator = Authenticator(
+            self.lattice, self._resolve_token, jwt_settings=self._jwt,
+            clearance_of=lambda p: getattr(self.system.get_principal(p), "clearance", None),
+        )
+        if http:
+            self._serve(host, port)
+
+    def _runner(self, spec: Any) -> Runner:
+        from trapeze.sandbox import Sandbox, SandboxSpec
+
+        sandbox_spec = SandboxSpec(
+            function=spec.name,
+            app_dir=self.manifest.root,
+            handler=f"{spec.module_name}:{spec.callable}",
+            timeout_s=spec.timeout,
+            memory_mb=spec.memory_mb,
+            executables=tuple(spec.executables),
+            env=dict(spec.env),
+            preload=tuple(spec.preload),
+            prefork=spec.prefork,
+        )
+        if not self.ifc:
+            from trapeze.sandbox.baseline import WarmWorker
+
+            return WarmWorker(sandbox_spec)  # type: ignore[return-value]
+        return Sandbox(sandbox_spec, unconfined_dev=not self.confine)  # type: ignore[return-value]
+
+    def _channels(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, spec in self.manifest.channels.items():
+            channel = HttpEgress(spec) if spec.kind == "http" else SmtpEmail(spec)
+            if not self.ifc:
+                channel.bound = BASELINE_LABEL
+            out[name] = channel
+        return out
+
+    def _declassifiers(self) -> dict[str, Declassifier]:
+        m = self.manifest
+        if not self.ifc or not m.declassifiers:
+            return {}
+        functions = load_policy_module(m)
+        return {
+            name: Declassifier(name, d.channel, d.max_label, d.bound, functions[name])
+            for name, d in m.declassifiers.items()
+        }
+
+    def _register_dev_principals(self) -> None:
+        for p in self.manifest.principals.values():
+            label = p.label if self.ifc else BASELINE_LABEL
+            existing = self.system.get_principal(p.name)
+            if existing is None or existing.clearance != label:
+                self.system.add_principal(p.name, label, replace=True)
+        self._dev_tokens = {
+            p.token: p.name for p in self.manifest.principals.values() if p.token
+        }
+
+    def _resolve_token(self, token: str) -> tuple[str, str | None, str | None]:
+        """(status, principal, clearance) for a bearer token."""
+        dev = self._dev_tokens.get(token)
+        if dev is not None:
+            principal = self.system.get_principal(dev)
+            return ("ok", dev, principal.clearance if principal else None)
+        status, principal = self.system.resolve_token(token)
+        if principal is None:
+            return (status, None, None)
+        return ("ok", principal.id, principal.clearance)
+
+    def _serve(self, host: str, port: int) -> None:
+        import socket
+
+        import uvicorn
+
+        from trapeze.gateway.http import GatewayRoute, build_app
+
+        routes = [
+            GatewayRoute(r.path, r.methods, r.function, r.anonymous, r.max_body_bytes)
+            for r in self.manifest.routes
+        ]
+        m = self.manifest
+        asgi = build_app(self, routes, capacity=m.limits.concurrency + m.limits.queue,
+                         new_request_id=lambda: uuid.uuid4().hex)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        bound_port = sock.getsockname()[1]
+        config = uvicorn.Config(asgi, log_level="warning", lifespan="off",
+                                timeout_graceful_shutdown=30, backlog=4096)
+        self._server = uvicorn.Server(config)
+        self._server_thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="trapeze-http",
+            daemon=True,
+        )
+        self._server_thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._server_thread.is_alive():
+                raise ConfigError(f"the HTTP gateway did not start on {host}:{port}")
+            time.sleep(0.01)
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound_port}"
+
+    def close(self, *, drain_timeout: float = 30.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.should_exit = True
+            if self._server_thread is not None:
+                self._server_thread.join(timeout=drain_timeout)
+        if self.invoker is not None:
+            if not self.invoker.drain(drain_timeout):
+                log.warning("shutdown: invocations still running after %.0fs", drain_timeout)
+            self.invoker.close()
+        for runner in self._runners.values():
+            try:
+                runner.close()
+            except Exception:
+                log.exception("closing a sandbox failed")
+        for channel in getattr(getattr(self, "monitor", None), "channels", {}).values():
+            channel.close()
+        if self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the API
+    def add_principal(self, principal: str, *, label: str, expires: float | None = None) -> str:
+        """Register a principal with a clearance; returns a new API token (shown once)."""
+        clearance = label if self.ifc else BASELINE_LABEL
+        if self.system.get_principal(principal) is None:
+            self.system.add_principal(principal, clearance)
+        return self.system.create_token(principal, expires=expires)
+
+    def clearance(self, principal: str) -> str:
+        p = self.system.get_principal(principal)
+        if p is None:
+            raise ConfigError(f"no principal named {principal!r}")
+        return p.clearance
+
+    def _label_for(self, as_principal: str | None, as_label: str | None) -> tuple[str, str | None]:
+        if not self.ifc:
+            return BASELINE_LABEL, as_principal
+        if as_principal is not None:
+            clearance = self.clearance(as_principal)
+            if as_label is None:
+                return clearance, as_principal
+            if not self.lattice.flows(as_label, clearance):
+                raise ConfigError(f"{as_label!r} is above the clearance of {as_principal!r}")
+            return as_label, as_principal
+        return self.lattice.check(as_label or self.lattice.bottom), None
+
+    def invoke(
+        self,
+        function: str,
+        event: Any = None,
+        *,
+        as_principal: str | None = None,
+        as_label: str | None = None,
+        label: str | None = None,
+        principal: str | None = None,
+        request_id: str | None = None,
+    ) -> InvocationResult:
+        """Invoke `function` synchronously, as a principal or at a label (default: bottom)."""
+        assert self.invoker is not None, "the runtime is not started"
+        if label is None:
+            label, principal = self._label_for(as_principal, as_label)
+        return self.invoker.invoke(function, event, label=label, principal=principal,
+                                   request_id=request_id)
+
+    def view(self, label: str) -> StoreView:
+        return self.store.view(label if self.ifc else BASELINE_LABEL)
+
+    def _visible(self, viewer: str) -> Callable[[str | None], bool]:
+        lat = self.lattice
+        return lambda label: label is None or lat.flows(label, viewer)
+
+    def logs_visible_to(self, label: str, function: str | None = None) -> list[dict[str, Any]]:
+        rows = self.system.logs(visible=self._visible(label), function=function)
+        return [
+            {"seq": r.seq, "time": r.time, "function": r.function, "request_id": r.request_id,
+             "label": r.label, "text": r.text}
+            for r in rows
+        ]
+
+    def audit_visible_to(self, label: str) -> list[dict[str, Any]]:
+        visible = self._visible(label)
+        return [
+            {"seq": r.seq, "time": r.time, "kind": r.kind, "function": r.function,
+             "request_id": r.request_id, "label": r.label, "detail": r.detail}
+            for r in self.system.audit() if visible(r.label)
+        ]
+
+    def logs(self, *, as_principal: str | None = None, as_label: str | None = None,
+             function: str | None = None) -> list[dict[str, Any]]:
+        label, _ = self._label_for(as_principal, as_label or (None if as_principal else
+                                                              self.lattice.top))
+        return self.logs_visible_to(label, function)
+
+    def audit(self, *, as_principal: str | None = None,
+              as_label: str | None = None) -> list[dict[str, Any]]:
+        label, _ = self._label_for(as_principal, as_label or (None if as_principal else
+                                                              self.lattice.top))
+        return self.audit_visible_to(label)
+
+
+def _ensure_parent(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):].split("?", 1)[0])
+        path.parent.mkdir(parents=True, exist_ok=True)

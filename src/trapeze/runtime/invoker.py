@@ -1,0 +1,322 @@
+"""Runs invocations: admission, the response future, withheld replies, async retries.
+
+This is the runtime's side of the monitor's `Dispatcher` protocol as well: synchronous and
+asynchronous invokes from inside functions come back here, carrying the parent's label in the
+runtime's own `Invocation` record (never in the payload).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from trapeze.errors import InvocationError, LimitExceeded, NotFound
+from trapeze.monitor import Invocation, Monitor
+
+log = logging.getLogger("trapeze.runtime")
+
+MAX_DEPTH = 8  # nested synchronous invokes; a cycle of invokes fails instead of hanging
+
+STATUSES = ("ok", "error", "withheld", "timeout", "refused")
+
+
+@dataclass(frozen=True)
+class InvocationResult:
+    """What the invoker sees. For a withheld reply nothing else is filled in."""
+
+    status: str
+    value: Any = None
+    error: str | None = None
+    request_id: str = ""
+    # The label the invocation ended at, filled in only when it flows to the response bound
+    # (so it is observable by the invoker). Trusted engines invoke with bound = top to get it.
+    label: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+WITHHELD_MESSAGE = "the invocation's label was raised above the caller's; its reply is withheld"
+
+
+class Outcome(Protocol):
+    status: str
+    value: Any
+    error: str | None
+    log: str
+    duration_s: float
+
+
+class Runner(Protocol):
+    """A sandbox (or the baseline's warm worker) for one function."""
+
+    def run(self, event: Any, context: dict[str, Any],
+            on_call: Callable[[str, dict[str, Any]], Any]) -> Outcome: ...
+
+
+class InvocationSink(Protocol):
+    """Where finished invocations are recorded (logs with their label)."""
+
+    def record_log(self, inv: Invocation, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class FunctionLimits:
+    timeout_s: float
+    concurrency: int
+    retries: int
+
+
+class Admission:
+    """A bounded number of running invocations plus a bounded queue, per function and overall.
+
+    A request that finds the queue full is refused at once (the gateway answers 503), so
+    overload never grows memory without bound.
+    """
+
+    def __init__(self, running: int, queued: int) -> None:
+        self._slots = threading.BoundedSemaphore(running)
+        self._capacity = running + queued
+        self._inside = 0
+        self._lock = threading.Lock()
+
+    def enter(self, timeout: float) -> bool:
+        with self._lock:
+            if self._inside >= self._capacity:
+                return False
+            self._inside += 1
+        if self._slots.acquire(timeout=timeout):
+            return True
+        with self._lock:
+            self._inside -= 1
+        return False
+
+    def leave(self) -> None:
+        self._slots.release()
+        with self._lock:
+            self._inside -= 1
+
+
+class Invoker:
+    def __init__(
+        self,
+        monitor: Monitor,
+        runners: Mapping[str, Runner],
+        limits: Mapping[str, FunctionLimits],
+        sink: InvocationSink,
+        *,
+        concurrency: int = 64,
+        queue: int = 256,
+    ) -> None:
+        self.monitor = monitor
+        self.runners = dict(runners)
+        self.limits = dict(limits)
+        self.sink = sink
+        self._overall = Admission(concurrency, queue)
+        self._per_function = {
+            name: Admission(lim.concurrency, queue) for name, lim in self.limits.items()
+        }
+        # Threads run invocation bodies; admission above bounds how many are busy at once.
+        # Nested invokes and detached continuations need threads beyond the admitted ones.
+        self._pool = ThreadPoolExecutor(
+            max_workers=concurrency * (MAX_DEPTH + 1) + queue, thread_name_prefix="trapeze-inv"
+        )
+        self._closed = False
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    # ------------------------------------------------------------------ entry points
+    def invoke(
+        self,
+        function: str,
+        event: Any,
+        *,
+        label: str,
+        response_bound: str | None = None,
+        principal: str | None = None,
+        request_id: str | None = None,
+    ) -> InvocationResult:
+        """A top-level synchronous invocation (HTTP request, CLI, API)."""
+        request_id = request_id or uuid.uuid4().hex
+        if function not in self.runners:
+            return InvocationResult("refused", error=f"no function named {function!r}",
+                                    request_id=request_id)
+        if self._closed:
+            return InvocationResult("refused", error="the runtime is shutting down",
+                                    request_id=request_id)
+        fn_adm = self._per_function[function]
+        if not self._overall.enter(timeout=30.0):
+            return InvocationResult("refused", error="busy: the overall queue is full",
+                                    request_id=request_id)
+        try:
+            if not fn_adm.enter(timeout=30.0):
+                return InvocationResult(
+                    "refused", error=f"busy: the queue of {function!r} is full",
+                    request_id=request_id,
+                )
+            try:
+                inv = self._new_invocation(function, label, response_bound or label, principal,
+                                           request_id=request_id)
+                return self._start(inv, event).result()
+            finally:
+                fn_adm.leave()
+        finally:
+            self._overall.leave()
+
+    def _new_invocation(
+        self, function: str, label: str, bound: str, principal: str | None, *,
+        parent: Invocation | None = None, request_id: str | None = None,
+    ) -> Invocation:
+        return Invocation(
+            request_id=request_id or uuid.uuid4().hex,
+            function=function,
+            label=label,
+            response_bound=bound,
+            deadline=time.time() + self.limits[function].timeout_s,
+            principal=principal,
+            parent=parent.request_id if parent else None,
+            depth=parent.depth + 1 if parent else 0,
+        )
+
+    def _start(self, inv: Invocation, event: Any) -> Future[InvocationResult]:
+        """Run `inv` on a pool thread; the future resolves with the invoker's reply.
+
+        The reply is the withheld one as soon as the label rises above the response bound;
+        the body then runs on, detached, and what it does is recorded only at its label.
+        """
+        response: Future[InvocationResult] = Future()
+
+        def withhold(_: Invocation) -> None:
+            if not response.done():
+                response.set_result(InvocationResult("withheld", error=WITHHELD_MESSAGE,
+                                                     request_id=inv.request_id))
+
+        inv.on_withheld = withhold
+        with self._idle:
+            self._inflight += 1
+        self._pool.submit(self._body, inv, event, response)
+        return response
+
+    def _body(self, inv: Invocation, event: Any, response: Future[InvocationResult]) -> None:
+        try:
+            result = self._execute(inv, event)
+            if not response.done():
+                response.set_result(result)
+        except BaseException as e:  # never leave an invoker waiting forever
+            log.exception("invocation %s failed inside the runtime", inv.request_id)
+            if not response.done():
+                response.set_result(InvocationResult(
+                    "error", error=f"internal error ({type(e).__name__})",
+                    request_id=inv.request_id,
+                ))
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def _execute(self, inv: Invocation, event: Any) -> InvocationResult:
+        runner = self.runners[inv.function]
+        monitor = self.monitor
+
+        def on_call(op: str, args: dict[str, Any]) -> Any:
+            return monitor.handle(inv, op, args)
+
+        outcome = runner.run(event, inv.context_for_guest(), on_call)
+        self.sink.record_log(inv, outcome.log)
+        if outcome.status == "protocol":
+            monitor.audit.record("protocol", inv, {"reason": outcome.error or ""})
+        elif outcome.status in ("timeout", "crash"):
+            monitor.audit.record("kill" if outcome.status == "crash" else "timeout", inv,
+                                 {"reason": outcome.error or ""})
+        return self._reply(inv, outcome)
+
+    def _reply(self, inv: Invocation, outcome: Outcome) -> InvocationResult:
+        """The reply to the invoker, given the final label (DESIGN §6)."""
+        rid = inv.request_id
+        visible = self.monitor.lattice.flows(inv.label, inv.response_bound)
+        if not visible:
+            declassifier = self.monitor.response_declassifier(inv)
+            if declassifier is None:
+                return InvocationResult("withheld", error=WITHHELD_MESSAGE, request_id=rid)
+            if outcome.status != "ok":
+                # The declassifier is declared for values; failure details stay at the label.
+                return InvocationResult("error", error="the invocation failed",
+                                        request_id=rid)
+            value = self.monitor.declassify(inv, declassifier, "response", outcome.value)
+            return InvocationResult("ok", value=value, request_id=rid)
+        status = outcome.status if outcome.status in ("ok", "timeout") else "error"
+        value = outcome.value if status == "ok" else None
+        return InvocationResult(status, value=value, error=outcome.error, request_id=rid,
+                                label=inv.label)
+
+    # ------------------------------------------------------------------ Dispatcher protocol
+    def invoke_sync(self, parent: Invocation, function: str, event: Any) -> Any:
+        if function not in self.runners:
+            raise NotFound(f"no function named {function!r}")
+        if parent.depth + 1 > MAX_DEPTH:
+            raise LimitExceeded(f"synchronous invokes nest deeper than {MAX_DEPTH}")
+        # The callee runs at the caller's current label and answers to it.
+        inv = self._new_invocation(function, parent.label, parent.label, parent.principal,
+                                   parent=parent)
+        result = self._start(inv, event).result()
+        if result.status == "ok":
+            return result.value
+        raise InvocationError(f"{function} returned status {result.status}: {result.error}")
+
+    def invoke_async(self, parent: Invocation, function: str, event: Any, label: str) -> str:
+        if function not in self.runners:
+            raise NotFound(f"no function named {function!r}")
+        request_id = uuid.uuid4().hex
+        self._pool.submit(self._run_with_retries, parent, function, event, label, request_id)
+        return request_id
+
+    def _run_with_retries(self, parent: Invocation, function: str, event: Any, label: str,
+                          request_id: str) -> None:
+        # Nobody waits for an asynchronous invocation: its bound is top, and what it returns
+        # is recorded in its log at its own label. Each attempt starts afresh at `label`.
+        attempts = self.limits[function].retries + 1
+        for attempt in range(attempts):
+            rid = request_id if attempt == 0 else f"{request_id}.{attempt}"
+            inv = self._new_invocation(function, label, self.monitor.lattice.top,
+                                       parent.principal, parent=parent, request_id=rid)
+            inv.depth = 0  # asynchronous work does not nest in the caller's thread
+            if self._start(inv, event).result().status == "ok":
+                return
+            if attempt + 1 < attempts:
+                time.sleep(min(0.1 * 2**attempt, 5.0))
+
+    def stream_put(self, parent: Invocation, stream: str, record: Any,
+                   partition_key: str | None, label: str) -> Any:
+        raise NotFound("streams are not available in this runtime yet")
+
+    def workflow_start(self, parent: Invocation, workflow: str, name: str | None, event: Any,
+                       label: str) -> Any:
+        raise NotFound("workflows are not available in this runtime yet")
+
+    def task_complete(self, parent: Invocation, token: str, output: Any, error: Any) -> Any:
+        raise NotFound("workflows are not available in this runtime yet")
+
+    # ------------------------------------------------------------------ lifecycle
+    def drain(self, timeout: float) -> bool:
+        """Stop admitting work and wait for in-flight invocations (clean shutdown)."""
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._inflight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
