@@ -1,0 +1,90 @@
+"""`check_app` (what `trapeze check` prints) and `load_policy_module` (used by the monitor)."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from policy_helpers import NOT_A_LATTICE, WORKFLOW, line_of
+
+from trapeze.errors import ConfigError
+from trapeze.policy import check_app, load_manifest, load_policy_module
+
+App = Callable[..., Path]
+REPO = Path(__file__).resolve().parents[2]
+
+_LINE = re.compile(r"^(?P<file>.+trapeze\.toml):(?P<line>\d+): (?P<msg>.+) — write .+ instead$")
+
+
+def test_check_ok_for_minimal_example() -> None:
+    assert check_app(REPO / "examples" / "minimal", warnings_to=None) == []
+
+
+def test_check_reports_file_line_and_fix(app: App) -> None:
+    root = app("""
+        [app]
+        name = "x"
+        [labels]
+        chain = ["low", "high"]
+        [functions.f]
+        handler = "functions/a.py:handler"
+        timeout = 1000
+    """)
+    (message,) = check_app(root, warnings_to=None)
+    m = _LINE.match(message)
+    assert m, message
+    assert Path(m["file"]) == root / "trapeze.toml"
+    assert int(m["line"]) == line_of(root, "timeout = 1000")
+    assert "'timeout' = 1000" in m["msg"]
+
+
+def test_check_keeps_a_relative_path_relative(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = app('[app]\nname = "x"\n')
+    monkeypatch.chdir(root.parent)
+    (message,) = check_app(root.name, warnings_to=None)
+    assert message.startswith(f"{root.name}/trapeze.toml:1: the manifest has no [labels]")
+
+
+def test_check_prints_warnings_separately(app: App) -> None:
+    root = app(NOT_A_LATTICE + WORKFLOW, {"w.json": '{"StartAt": "s", "States": {"s": {}}}'})
+    out = io.StringIO()
+    assert check_app(root, warnings_to=out) == []
+    lines = out.getvalue().splitlines()
+    assert lines and all(line.startswith("warning: ") for line in lines)
+    assert f"trapeze.toml:{line_of(root, '[labels]')}: " in lines[0]
+
+
+def test_load_policy_module_gives_declared_callables() -> None:
+    m = load_manifest(REPO / "examples" / "minimal")
+    first = load_policy_module(m)
+    second = load_policy_module(m)
+    assert set(first) == {"greeting"}
+    assert first["greeting"]({"greeting": "hi"}, {}) == {"greeting": "hi"}
+    with pytest.raises(ValueError):
+        first["greeting"]({"secret": 1}, {})
+    # Each load is a fresh module: no state shared between two starts.
+    assert first["greeting"].__module__ != second["greeting"].__module__
+
+
+def test_load_policy_module_reports_import_failure(app: App) -> None:
+    root = app(
+        """
+        [app]
+        name = "x"
+        policy = "policy.py"
+        [labels]
+        chain = ["low", "high"]
+        [declassifiers.d]
+        channel = "response"
+        function = "release"
+        max_label = "high"
+        bound = "low"
+        """,
+        {"policy.py": "def release(v, i):\n    return v\nraise RuntimeError('boom')\n"},
+    )
+    m = load_manifest(root)  # parsing does not run it
+    with pytest.raises(ConfigError, match="boom"):
+        load_policy_module(m)
