@@ -88,3 +88,40 @@ def test_load_policy_module_reports_import_failure(app: App) -> None:
     m = load_manifest(root)  # parsing does not run it
     with pytest.raises(ConfigError, match="boom"):
         load_policy_module(m)
+
+
+def test_complete_example_in_docs_loads(app: App) -> None:
+    doc = (REPO / "docs" / "manifest.md").read_text()
+    section = doc.split("## A complete example", 1)[1]
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    flow = '{"StartAt": "A", "States": {"A": {"Type": "Pass", "End": true}}}'
+    root = app(toml, {
+        "functions/event_writer.py": "def handler(event, context): ...\n",
+        "functions/processor.py": "def handler(event, context): ...\n",
+        "policy.py": "def release_email(value, info): ...\n",
+        "workflows/acquire_photo.json": flow,
+    })
+    m = load_manifest(root)
+    assert m.name == "hello-retail"
+    assert m.functions["event_writer"].prefork == 2
+    assert m.declassifiers["assignment_email"].channel == "email"
+
+
+def test_console_example_in_docs(app: App) -> None:
+    root = app("""
+        [app]
+        name = "x"
+        [labels]
+        chain = ["low", "high"]
+        [functions.writer]
+        handler = "functions/a.py:handler"
+        timout = 3
+        [[routes]]
+        path = "/w"
+        function = "writr"
+    """)
+    errors = [e.split(": ", 1)[1] for e in check_app(root, warnings_to=None)]
+    doc = (REPO / "docs" / "manifest.md").read_text()
+    for e in errors:
+        assert e in doc
+    assert len(errors) == 2

@@ -106,7 +106,7 @@ class FunctionSpec:
     timeout: float = 10.0
     memory_mb: int = 256
     executables: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, hash=False)
     preload: tuple[str, ...] = ()
     concurrency: int = 16
     retries: int = 2
