@@ -47,10 +47,9 @@ def _viewer_label(app: Any, store: Any, principal: str | None, label: str | None
 def cmd_check(args: argparse.Namespace) -> int:
     from trapeze.policy import check_app
 
-    messages = check_app(args.app)
-    errors = [m for m in messages if not m.startswith("warning:")]
-    for m in messages:
-        print(m, file=sys.stderr if m in errors else sys.stdout)
+    errors = check_app(args.app, warnings_to=sys.stdout)  # prints "warning: ..." lines itself
+    for message in errors:
+        print(message, file=sys.stderr)
     if errors:
         return 1
     print("ok")
