@@ -1,0 +1,239 @@
+"""Thin ctypes wrappers for the Linux calls CPython 3.11 does not expose.
+
+Only x86_64 is supported: the syscall numbers below are that ABI's, and the seccomp filter
+kills any other ABI. Every wrapper raises OSError with the kernel's errno, so callers can
+tell "the mechanism is missing" (ENOSYS, EOPNOTSUPP) from "not permitted" (EPERM).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+if platform.machine() != "x86_64":  # pragma: no cover - the numbers below are x86_64's
+    raise ImportError("trapeze.sandbox supports x86_64 Linux only")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+SYS_mount = 165
+SYS_umount2 = 166
+SYS_unshare = 272
+SYS_setns = 308
+SYS_seccomp = 317
+SYS_pidfd_send_signal = 424
+SYS_pidfd_open = 434
+SYS_landlock_create_ruleset = 444
+SYS_landlock_add_rule = 445
+SYS_landlock_restrict_self = 446
+SYS_capget = 125
+SYS_capset = 126
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_THREAD = 0x00010000
+NAMESPACE_FLAGS = (
+    CLONE_NEWNS
+    | CLONE_NEWCGROUP
+    | CLONE_NEWUTS
+    | CLONE_NEWIPC
+    | CLONE_NEWUSER
+    | CLONE_NEWPID
+    | CLONE_NEWNET
+)
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP = 22
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_MODE_FILTER = 2
+SECCOMP_SET_MODE_FILTER = 1
+
+
+def _check(ret: int) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def unshare(flags: int) -> None:
+    _check(_syscall(SYS_unshare, ctypes.c_int(flags)))
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None
+          ) -> None:
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else os.fsencode(s)
+
+    _check(
+        _syscall(
+            SYS_mount,
+            enc(source),
+            enc(target),
+            enc(fstype),
+            ctypes.c_ulong(flags),
+            enc(data),
+        )
+    )
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_syscall(SYS_umount2, os.fsencode(target), ctypes.c_int(flags)))
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    _libc.prctl.restype = ctypes.c_int
+    return _check(
+        _libc.prctl(
+            ctypes.c_int(option),
+            ctypes.c_ulong(arg2),
+            ctypes.c_ulong(arg3),
+            ctypes.c_ulong(arg4),
+            ctypes.c_ulong(arg5),
+        )
+    )
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def seccomp_load_bpf(program: bytes) -> None:
+    """Install a raw classic-BPF program (as exported by libseccomp) on the calling thread.
+
+    The caller must be single-threaded (or the other threads stay unfiltered) and must have
+    set no_new_privs, which the kernel requires of unprivileged callers.
+    """
+    if len(program) % 8:
+        raise ValueError("BPF program length is not a multiple of 8")
+    count = len(program) // 8
+    buf = (_SockFilter * count).from_buffer_copy(program)
+    prog = _SockFprog(count, ctypes.cast(buf, ctypes.POINTER(_SockFilter)))
+    _check(_syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)))
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    _check(_syscall(SYS_pidfd_send_signal, pidfd, sig, None, 0))
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def drop_all_capabilities() -> None:
+    """Empty the effective, permitted and inheritable sets of the calling thread."""
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words
+    data = (_CapData * 2)()
+    _check(_syscall(SYS_capset, ctypes.byref(header), ctypes.byref(data)))
+
+
+# --- Landlock ------------------------------------------------------------------------------
+
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RULE_NET_PORT = 2
+
+FS_EXECUTE = 1 << 0
+FS_WRITE_FILE = 1 << 1
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
+FS_REMOVE_DIR = 1 << 4
+FS_REMOVE_FILE = 1 << 5
+FS_MAKE_CHAR = 1 << 6
+FS_MAKE_DIR = 1 << 7
+FS_MAKE_REG = 1 << 8
+FS_MAKE_SOCK = 1 << 9
+FS_MAKE_FIFO = 1 << 10
+FS_MAKE_BLOCK = 1 << 11
+FS_MAKE_SYM = 1 << 12
+FS_REFER = 1 << 13  # ABI 2
+FS_TRUNCATE = 1 << 14  # ABI 3
+FS_IOCTL_DEV = 1 << 15  # ABI 5
+NET_BIND_TCP = 1 << 0  # ABI 4
+NET_CONNECT_TCP = 1 << 1  # ABI 4
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1  # ABI 6
+
+# Rights that may be granted on a regular file (the kernel rejects the others there).
+FS_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def landlock_abi_version() -> int:
+    """The kernel's Landlock ABI version; OSError(ENOSYS/EOPNOTSUPP) when unavailable."""
+    return _check(
+        _syscall(SYS_landlock_create_ruleset, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    )
+
+
+def landlock_create_ruleset(fs: int, net: int, scoped: int, abi: int) -> int:
+    attr = _RulesetAttr(fs, net, scoped)
+    # Older kernels reject a struct larger than they know with E2BIG: pass only the prefix
+    # that the running ABI understands.
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    return _check(_syscall(SYS_landlock_create_ruleset, ctypes.byref(attr), size, 0))
+
+
+def landlock_add_path_rule(ruleset_fd: int, path_fd: int, access: int) -> None:
+    attr = _PathBeneathAttr(access, path_fd)
+    _check(
+        _syscall(
+            SYS_landlock_add_rule, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(attr), 0
+        )
+    )
+
+
+def landlock_restrict_self(ruleset_fd: int) -> None:
+    _check(_syscall(SYS_landlock_restrict_self, ruleset_fd, 0))
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_syscall(SYS_setns, fd, nstype))

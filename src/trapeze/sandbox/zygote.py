@@ -1,0 +1,303 @@
+"""The per-function zygote: `python -I -m trapeze.sandbox.zygote FD`.
+
+Trusted. Exec'd fresh by the monitor with a clean environment (never forked from it), it
+talks to the monitor over a SOCK_SEQPACKET control socket (FD) and:
+
+1. enters its own namespaces once: mount (private propagation, so nothing leaks to the
+   host), network (empty: children inherit it for free), IPC (no System V segments shared
+   with anything), and as a non-root user a user namespace that makes the rest possible;
+2. imports the guest runtime and `preload` modules - never the function's module (a zygote
+   that ran untrusted module code could keep what it learns and hand it to later children);
+3. compiles the seccomp filter and the Landlock rule list once;
+4. on request forks children, each the init of a fresh PID namespace (so every process or
+   thread it creates dies with it), hands the monitor the child's channel, log pipe and
+   pidfd, and forgets them;
+5. reaps children and reports only their exit status to the monitor. It never reads from a
+   child, and a child has no descriptor leading to the zygote.
+
+The zygote must stay single-threaded: fork() with another thread holding a lock deadlocks
+the child, and unshare(CLONE_NEWUSER) refuses multi-threaded callers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import selectors
+import signal
+import socket
+import stat
+import sys
+import traceback
+from typing import Any
+
+import msgpack
+
+from trapeze.sandbox import syscalls as sc
+from trapeze.sandbox.confine import MODE_NONE, MODE_ROOT, MODE_USERNS, Plan, confine
+
+CONTROL_MAX = 1 << 20
+
+
+class Fatal(Exception):
+    def __init__(self, mechanism: str, message: str) -> None:
+        super().__init__(message)
+        self.mechanism = mechanism
+
+
+def _send(ctrl: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = msgpack.packb(msg, use_bin_type=True)
+    if fds:
+        socket.send_fds(ctrl, [data], fds)
+    else:
+        ctrl.send(data)
+
+
+def _read_roots(app_dir: str) -> list[str]:
+    """Directories the child may read: the interpreter, its libraries, trapeze, the app."""
+    import trapeze
+
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, app_dir}
+    roots.add(os.path.dirname(os.path.abspath(trapeze.__file__)))
+    for entry in sys.path:
+        if entry and os.path.isdir(entry):
+            roots.add(os.path.abspath(entry))
+    return sorted(roots)
+
+
+def _open_up(paths: list[str]) -> None:
+    """Make `paths` reachable to an unprivileged uid inside this mount namespace only.
+
+    Python often lives under a directory other users cannot traverse (pyenv under /root,
+    mode 0700). Rather than loosening the host's permissions, each such ancestor gets a
+    read-only tmpfs mounted over it *in the zygote's private mount namespace* holding bind
+    mounts of just the entries on the way to `paths`; everything else there (a home
+    directory's keys and histories) disappears from the children's view altogether.
+    """
+    needed: dict[str, set[str]] = {}  # blocked dir -> names below it to keep
+    for path in paths:
+        real = os.path.realpath(path)
+        parts = [p for p in real.split("/") if p]
+        for i in range(len(parts)):
+            parent = "/" + "/".join(parts[:i])
+            try:
+                mode = os.stat(parent).st_mode
+            except OSError:
+                break
+            if not mode & stat.S_IXOTH:
+                needed.setdefault(parent, set()).add(parts[i])
+    for blocked in sorted(needed, key=lambda p: p.count("/")):
+        keep = {name: os.open(os.path.join(blocked, name), os.O_PATH) for name in needed[blocked]}
+        sc.mount("tmpfs", blocked, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755,size=64k")
+        for name, fd in keep.items():
+            target = os.path.join(blocked, name)
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.mkdir(target)
+            else:
+                os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+            sc.mount(f"/proc/self/fd/{fd}", target, None, sc.MS_BIND | sc.MS_REC, None)
+            os.close(fd)
+        sc.mount(None, blocked, None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV,
+                 None)
+
+
+def _enter_namespaces(cfg: dict[str, Any], roots: list[str]) -> str:
+    """Returns the mode. Runs before any import that could start a thread."""
+    zygote_uid = cfg.get("zygote_uid")
+    if os.geteuid() == 0:
+        try:
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE, None)
+            _open_up(roots + list(cfg["executables"]))
+        except OSError as exc:
+            raise Fatal("mount namespace", f"cannot set up the private mount view: {exc}") from exc
+        if zygote_uid is None:
+            try:
+                sc.unshare(sc.CLONE_NEWNET | sc.CLONE_NEWIPC)
+            except OSError as exc:
+                raise Fatal("network namespace", f"unshare(CLONE_NEWNET) failed: {exc}") from exc
+            return MODE_ROOT
+        # Run the rest as an ordinary user, exactly as an unprivileged deployment would.
+        os.setgroups([])
+        os.setresgid(zygote_uid, zygote_uid, zygote_uid)
+        os.setresuid(zygote_uid, zygote_uid, zygote_uid)
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        sc.unshare(
+            sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWPID
+        )
+    except OSError as exc:
+        raise Fatal(
+            "user namespaces",
+            f"unshare(CLONE_NEWUSER) failed as uid {uid}: {exc}. Enable unprivileged user "
+            "namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces>0; "
+            "on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0) or run as root",
+        ) from exc
+    with open("/proc/self/uid_map", "w") as fh:
+        fh.write(f"0 {uid} 1\n")
+    with open("/proc/self/setgroups", "w") as fh:
+        fh.write("deny\n")
+    with open("/proc/self/gid_map", "w") as fh:
+        fh.write(f"0 {gid} 1\n")
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE, None)
+    # The new PID namespace applies to our children only: become its init by forking once.
+    # The outer process just mirrors the inner one's fate.
+    pid = os.fork()
+    if pid:
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    return MODE_USERNS
+
+
+def _build_plan(cfg: dict[str, Any], mode: str, roots: list[str]) -> Plan:
+    plan = Plan(
+        mode=mode,
+        app_dir=cfg["app_dir"],
+        module=cfg["module"],
+        attribute=cfg["attribute"],
+        memory_mb=cfg["memory_mb"],
+        cpu_s=cfg["cpu_s"],
+        tmp_mb=cfg["tmp_mb"],
+        max_open_files=cfg["max_open_files"],
+        max_threads=cfg["max_threads"],
+        max_message_bytes=cfg["max_message_bytes"],
+        env=dict(cfg["env"]),
+    )
+    if mode == MODE_NONE:
+        return plan
+    from trapeze.sandbox import seccomp_filter
+    from trapeze.sandbox.confine import landlock_rules
+
+    try:
+        plan.landlock_abi = sc.landlock_abi_version()
+    except OSError as exc:
+        raise Fatal("landlock", f"Landlock is unavailable ({exc})") from exc
+    plan.rules = landlock_rules(roots, list(cfg["executables"]), plan.landlock_abi)
+    try:
+        plan.seccomp_bpf = seccomp_filter.build_filter(bool(cfg["executables"]))
+    except Exception as exc:
+        raise Fatal("seccomp", f"cannot compile the seccomp filter: {exc}") from exc
+    return plan
+
+
+def _child(plan: Plan, uid: int, chan_fd: int, log_fd: int) -> None:
+    """Runs in the forked child; never returns."""
+    try:
+        confine(plan, uid, chan_fd, log_fd)
+        # From here on, nothing in this process is trusted.
+        from trapeze.guest import _runtime
+
+        chan = _runtime.install(3, plan.max_message_bytes)
+        import_error: BaseException | None = None
+        module: Any = None
+        try:
+            module = importlib.import_module(plan.module)
+        except BaseException as exc:
+            import_error = exc
+
+        def load() -> Any:
+            fn = getattr(module, plan.attribute)
+            if not callable(fn):
+                raise TypeError(f"{plan.module}:{plan.attribute} is not callable")
+            return fn
+
+        _runtime.serve_one(chan, load, import_error)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(0)
+
+
+def main() -> None:
+    ctrl = socket.socket(fileno=int(sys.argv[1]))
+    ctrl.set_inheritable(False)
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    cfg = msgpack.unpackb(ctrl.recv(CONTROL_MAX), raw=False)
+    try:
+        roots = _read_roots(cfg["app_dir"])
+        mode = MODE_NONE if cfg["unconfined"] else _enter_namespaces(cfg, roots)
+        import trapeze.guest  # noqa: F401  - the guest runtime, ahead of every child
+        import trapeze.guest.context  # noqa: F401
+
+        for name in cfg["preload"]:
+            importlib.import_module(name)
+        plan = _build_plan(cfg, mode, roots)
+        if mode != MODE_NONE:
+            # setns() back to our own PID namespace before each unshare(CLONE_NEWPID): the
+            # kernel only allows a new child namespace while pid_for_children is the active one.
+            self_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        threads = _thread_count()
+        if threads != 1:
+            raise Fatal("single-threaded zygote", f"{threads} threads after preload")
+    except Fatal as exc:
+        _send(ctrl, {"t": "fatal", "mechanism": exc.mechanism, "error": str(exc)})
+        sys.exit(1)
+    except Exception as exc:
+        _send(ctrl, {"t": "fatal", "mechanism": "zygote", "error": f"{type(exc).__name__}: {exc}"})
+        sys.exit(1)
+    _send(ctrl, {"t": "hello", "mode": mode, "landlock_abi": plan.landlock_abi,
+                 "pid": os.getpid()})
+
+    uid_base: int = cfg["uid_base"]
+    free_slots = list(range(cfg["max_slots"] - 1, -1, -1))
+    children: dict[int, tuple[int, int]] = {}  # pidfd -> (cid, slot)
+    next_cid = 1
+    pending = 0
+    sel = selectors.DefaultSelector()
+    sel.register(ctrl, selectors.EVENT_READ)
+    while True:
+        while pending and free_slots:
+            pending -= 1
+            slot = free_slots.pop()
+            cid = next_cid
+            next_cid += 1
+            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            log_r, log_w = os.pipe2(os.O_CLOEXEC)
+            if mode != MODE_NONE:
+                sc.setns(self_pidns, sc.CLONE_NEWPID)
+                sc.unshare(sc.CLONE_NEWPID)
+            pid = os.fork()
+            if pid == 0:
+                sel.close()
+                _child(plan, uid_base + slot, child_end.fileno(), log_w)
+            pidfd = os.pidfd_open(pid)
+            _send(ctrl, {"t": "ready", "cid": cid}, [parent_end.fileno(), log_r, pidfd])
+            parent_end.close()
+            child_end.close()
+            os.close(log_r)
+            os.close(log_w)
+            children[pidfd] = (cid, slot)
+            sel.register(pidfd, selectors.EVENT_READ)
+        for key, _ in sel.select():
+            if key.fileobj is ctrl:
+                data = ctrl.recv(CONTROL_MAX)
+                if not data:  # the monitor is gone or closed us: children die with us
+                    os._exit(0)
+                msg = msgpack.unpackb(data, raw=False)
+                if msg.get("op") == "spawn":
+                    pending += int(msg["n"])
+                continue
+            pidfd = key.fd
+            sel.unregister(pidfd)
+            cid, slot = children.pop(pidfd)
+            info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            os.close(pidfd)
+            # Only the status goes to the monitor; the zygote keeps nothing of the child.
+            if info is not None and info.si_code == os.CLD_EXITED:
+                _send(ctrl, {"t": "exit", "cid": cid, "code": info.si_status, "signal": 0})
+            elif info is not None:
+                _send(ctrl, {"t": "exit", "cid": cid, "code": -1, "signal": info.si_status})
+            free_slots.append(slot)
+
+
+def _thread_count() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 1
+
+
+if __name__ == "__main__":
+    main()
