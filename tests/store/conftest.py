@@ -35,14 +35,18 @@ settings.register_profile(
     max_examples=60,
     stateful_step_count=40,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    # `backend` is function-scoped but hands out a fresh store per open(), so reuse across
+    # examples is safe.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.register_profile(
     "store-long",
     max_examples=2000,
     stateful_step_count=100,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    # `backend` is function-scoped but hands out a fresh store per open(), so reuse across
+    # examples is safe.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 STORE_SETTINGS = settings.get_profile(
     "store-long" if os.environ.get("TRAPEZE_STORE_PROFILE") == "long" else "store-default"
@@ -58,8 +62,9 @@ class Backend:
     name: str
     url: Callable[[], str]  # a URL naming a fresh, empty store
 
-    def open(self, lattice: Lattice) -> FacetedStore:
-        return open_store(self.url(), lattice)
+    def open(self, lattice: Lattice, url: str | None = None) -> FacetedStore:
+        """Open ``url`` (shared with other processes), or a fresh store when None."""
+        return open_store(self.url() if url is None else url, lattice)
 
 
 def _sqlite_backend(tmp: Path) -> Backend:

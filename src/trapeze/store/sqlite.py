@@ -349,6 +349,10 @@ class SqliteFacetedStore(FacetedStore):
         rows = self._conns.get().execute(_F_RAW, (table, key)).fetchall()
         return [(s, lab, decode_value(v), v is None) for s, lab, v in rows]
 
+    def integrity_check(self) -> list[str]:
+        """SQLite's own consistency check of the whole file (["ok"] when sound)."""
+        return [r[0] for r in self._conns.get().execute("PRAGMA integrity_check").fetchall()]
+
     # -- writes
     def put(
         self, table: str, key: str, value: Value, *, label: str, expect: object = MISSING

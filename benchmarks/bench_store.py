@@ -1,0 +1,191 @@
+"""Faceted store vs plain store: get, put and scan with 1, 4 and 16 facets per key.
+
+    python benchmarks/bench_store.py            # full run (about a minute)
+    python benchmarks/bench_store.py --quick    # smoke run
+
+Both stores are SQLite files in the same temporary directory with the same settings (WAL,
+synchronous=NORMAL, same validation and value encoding), driven through their public API from
+one thread. Faceted and plain batches alternate within each round (the order flips every
+round), and the reported ratio is the median over rounds of faceted time / plain time, so
+drift in machine speed hits both sides alike.
+
+Facet layout for F facets per key: one facet at ``public``, then F-1 facets at incomparable
+labels ``client:u0`` ... (written after ``public``, so the write rule keeps all of them).
+Readers:
+
+* ``get newest``: reader at the label of the key's newest facet (one row visited);
+* ``get oldest``: reader at ``public``, whose only visible facet is the oldest (all F rows
+  visited: the worst case for a newest-first walk);
+* ``put``: rewrite one's own facet at ``client:u0`` (or ``public`` when F = 1), so the key
+  keeps F facets;
+* ``scan``: 100 keys at ``owner`` (sees every facet; newest wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from trapeze.labels import Lattice
+from trapeze.store import FacetedStore, PlainStore, open_plain_store, open_store
+
+HELLO_RETAIL = {
+    "bottom": ["public"],
+    "public": ["client:*", "photographer:*"],
+    "client:*": ["owner", "client-cc:*"],
+    "client-cc:*": ["cc-company"],
+    "photographer:*": ["owner"],
+    "owner": ["top"],
+    "cc-company": ["top"],
+}
+TABLE = "orders"
+
+
+def facet_labels(n: int) -> list[str]:
+    return ["public"] + [f"client:u{i}" for i in range(n - 1)]
+
+
+def value(i: int) -> dict[str, object]:
+    return {"id": i, "item": "camera", "qty": 2, "price": 199.5, "tags": ["a", "b"]}
+
+
+def populate(fs: FacetedStore, ps: PlainStore, keys: list[str], n_facets: int) -> None:
+    labs = facet_labels(n_facets)
+    for i, key in enumerate(keys):
+        for lab in labs:
+            fs.put(TABLE, key, value(i), label=lab)
+        ps.put(TABLE, key, value(i), label="public")
+
+
+def timed(fn: Callable[[], None]) -> float:
+    gc.collect()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(n_keys: int, ops: int, rounds: int, facet_counts: list[int]) -> list[dict[str, object]]:
+    lat = Lattice.from_hasse(HELLO_RETAIL)
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_facets in facet_counts:
+            rows += bench_facets(tmp, lat, n_facets, n_keys, ops, rounds)
+    return rows
+
+
+def bench_facets(
+    tmp: str, lat: Lattice, n_facets: int, n_keys: int, ops: int, rounds: int
+) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    fs = open_store(f"sqlite:///{tmp}/faceted-{n_facets}.db", lat)
+    ps = open_plain_store(f"sqlite:///{tmp}/plain-{n_facets}.db")
+    keys = [f"order/{i:06d}" for i in range(n_keys)]
+    populate(fs, ps, keys, n_facets)
+    labs = facet_labels(n_facets)
+    newest, writer = labs[-1], labs[1] if n_facets > 1 else labs[0]
+    # Visit keys in a scattered but fixed order, the same on both sides.
+    order = [keys[(i * 7919) % n_keys] for i in range(ops)]
+    v = value(1)
+
+    def f_get_new() -> None:
+        for k in order:
+            fs.get(TABLE, k, label=newest)
+
+    def f_get_old() -> None:
+        for k in order:
+            fs.get(TABLE, k, label="public")
+
+    def p_get() -> None:
+        for k in order:
+            ps.get(TABLE, k, label="public")
+
+    def f_put() -> None:
+        for k in order:
+            fs.put(TABLE, k, v, label=writer)
+
+    def p_put() -> None:
+        for k in order:
+            ps.put(TABLE, k, v, label=writer)
+
+    scans = max(1, ops // 100)
+
+    def f_scan() -> None:
+        for i in range(scans):
+            fs.scan(TABLE, label="owner", start_after=keys[(i * 97) % n_keys],
+                    limit=100)
+
+    def p_scan() -> None:
+        for i in range(scans):
+            ps.scan(TABLE, label="owner", start_after=keys[(i * 97) % n_keys],
+                    limit=100)
+
+    cases = [
+        ("get newest", f_get_new, p_get, ops),
+        ("get oldest", f_get_old, p_get, ops),
+        ("put", f_put, p_put, ops),
+        ("scan 100", f_scan, p_scan, scans),
+    ]
+    for name, f_fn, p_fn, count in cases:
+        f_fn()  # warm caches (page cache, statement cache, flows memo) on both sides
+        p_fn()
+        ratios, f_times, p_times = [], [], []
+        for r in range(rounds):
+            if r % 2:
+                tp = timed(p_fn)
+                tf = timed(f_fn)
+            else:
+                tf = timed(f_fn)
+                tp = timed(p_fn)
+            ratios.append(tf / tp)
+            f_times.append(tf / count * 1e6)
+            p_times.append(tp / count * 1e6)
+        rows.append(
+            {
+                "op": name,
+                "facets": n_facets,
+                "plain_us": statistics.median(p_times),
+                "faceted_us": statistics.median(f_times),
+                "ratio": statistics.median(ratios),
+            }
+        )
+        print(
+            f"  {name:<11} F={n_facets:<3} plain {rows[-1]['plain_us']:8.2f} us  "
+            f"faceted {rows[-1]['faceted_us']:8.2f} us  ratio {rows[-1]['ratio']:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
+    fs.close()
+    ps.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small smoke run")
+    ap.add_argument("--keys", type=int, default=None)
+    ap.add_argument("--ops", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=None)
+    args = ap.parse_args(argv)
+    n_keys = args.keys or (500 if args.quick else 5000)
+    ops = args.ops or (1000 if args.quick else 5000)
+    rounds = args.rounds or (3 if args.quick else 9)
+    rows = run(n_keys, ops, rounds, [1, 4, 16])
+    print(f"\nStore benchmark: {n_keys} keys, {ops} ops per batch, {rounds} interleaved rounds, "
+          f"SQLite {__import__('sqlite3').sqlite_version}, Python {sys.version.split()[0]}\n")
+    print("| op | facets/key | plain µs/op | faceted µs/op | faceted/plain (median) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['op']} | {r['facets']} | {r['plain_us']:.2f} | {r['faceted_us']:.2f} | "
+            f"{r['ratio']:.3f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
