@@ -53,6 +53,17 @@ def check_value(value: Any, what: str, depth: int = 0) -> Any:
     )
 
 
+def approximate_size(value: Any) -> int:
+    """A cheap upper bound of the msgpack size, to refuse a huge result before packing it."""
+    if isinstance(value, str | bytes):
+        return len(value) * (4 if isinstance(value, str) and not value.isascii() else 1) + 5
+    if isinstance(value, list):
+        return 5 + sum(approximate_size(v) for v in value)
+    if isinstance(value, dict):
+        return 5 + sum(len(k) * 4 + 5 + approximate_size(v) for k, v in value.items())
+    return 9
+
+
 class Channel:
     """Blocking framed msgpack over the inherited stream socket (one request at a time)."""
 
@@ -141,14 +152,20 @@ def serve_one(
         handler = load()
         ctx = Context(ctx_data)
         value = check_value(handler(event, ctx), "the handler's result")
+        size = approximate_size(value)
+        if size > chan.max:
+            raise LimitExceeded(
+                f"the result is about {size} bytes, over the limit of {chan.max} bytes"
+            )
         message: dict[str, Any] = {"t": "result", "ok": True, "value": value}
     except BaseException as exc:  # the handler's failure is the invocation's outcome
         message = {"t": "result", "ok": False, "error": _format_exception(exc)}
     _flush()
     try:
         chan.send(message)
-    except LimitExceeded as exc:
-        chan.send({"t": "result", "ok": False, "error": f"LimitExceeded: result: {exc}"})
+    except (LimitExceeded, MemoryError) as exc:
+        message = {"t": "result", "ok": False, "error": f"LimitExceeded: result: {exc}"}
+        chan.send(message)
 
 
 def _flush() -> None:

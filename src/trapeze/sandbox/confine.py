@@ -95,7 +95,38 @@ def landlock_rules(plan_paths: list[str], executables: list[str], abi: int) -> l
         add(p, sc.FS_READ_FILE | sc.FS_WRITE_FILE)
     for exe in executables:
         add(exe, sc.FS_READ_FILE | sc.FS_EXECUTE)
+        # The kernel opens a dynamic executable's loader for execution too. Granting it means
+        # `ld.so /bin/sh` would run: acceptable, since a function that may exec at all can
+        # already run any machine code through ctypes, and it stays under the same seccomp
+        # filter, Landlock domain, uid and namespaces (docs/security-model.md).
+        interp = elf_interpreter(exe)
+        if interp:
+            add(interp, sc.FS_READ_FILE | sc.FS_EXECUTE)
     return sorted(rules.items())
+
+
+def elf_interpreter(path: str) -> str | None:
+    """The PT_INTERP path of a 64-bit little-endian ELF executable, if it has one."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+                return None
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            for i in range(phnum):
+                fh.seek(phoff + i * phentsize)
+                p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack(
+                    "<IIQQQQ", fh.read(40)
+                )
+                if p_type == 3:  # PT_INTERP
+                    fh.seek(p_offset)
+                    return fh.read(p_filesz).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
 
 
 def _set_rlimit(res: int, value: int) -> None:

@@ -111,7 +111,7 @@ class Sandbox:
         self._ready: queue.Queue[_Child | None] = queue.Queue()
         self._send_lock = threading.Lock()
         self._status_cv = threading.Condition()
-        self._statuses: dict[int, tuple[int, int]] = {}
+        self._statuses: dict[int, tuple[int, int, float]] = {}
         self._wanted: set[int] = set()
         self._closed = False
         self._zygote_dead = False
@@ -225,7 +225,7 @@ class Sandbox:
                 elif msg["t"] == "exit":
                     with self._status_cv:
                         if msg["cid"] in self._wanted:
-                            self._statuses[msg["cid"]] = (msg["code"], msg["signal"])
+                            self._statuses[msg["cid"]] = (msg["code"], msg["signal"], msg["cpu"])
                             self._status_cv.notify_all()
                 else:
                     for fd in fds:
@@ -248,7 +248,7 @@ class Sandbox:
                 return None
             return child
 
-    def _exit_status(self, cid: int, timeout: float) -> tuple[int, int] | None:
+    def _exit_status(self, cid: int, timeout: float) -> tuple[int, int, float] | None:
         end = time.monotonic() + timeout
         with self._status_cv:
             while cid not in self._statuses:
@@ -312,7 +312,12 @@ class Sandbox:
         status = self._exit_status(cid, timeout=2.0)
         if status is None:
             return "the function's process died (exit status unknown)"
-        code, sig = status
+        code, sig, cpu = status
+        if sig in (signal.SIGKILL, signal.SIGXCPU) and cpu >= self.spec.cpu_limit_s - 0.05:
+            return (
+                f"the function's process was killed by {signal.Signals(sig).name}: it used "
+                f"{cpu:.2f} s of CPU, the limit is {self.spec.cpu_limit_s} s (RLIMIT_CPU)"
+            )
         if sig:
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
             why = SIGNAL_REASONS.get(sig, "a signal")  # type: ignore[call-overload]

@@ -242,6 +242,7 @@ def main() -> None:
     uid_base: int = cfg["uid_base"]
     free_slots = list(range(cfg["max_slots"] - 1, -1, -1))
     children: dict[int, tuple[int, int]] = {}  # pidfd -> (cid, slot)
+    pids: dict[int, int] = {}  # pidfd -> pid
     next_cid = 1
     pending = 0
     sel = selectors.DefaultSelector()
@@ -268,6 +269,7 @@ def main() -> None:
             os.close(log_r)
             os.close(log_w)
             children[pidfd] = (cid, slot)
+            pids[pidfd] = pid
             sel.register(pidfd, selectors.EVENT_READ)
         for key, _ in sel.select():
             if key.fileobj is ctrl:
@@ -281,13 +283,16 @@ def main() -> None:
             pidfd = key.fd
             sel.unregister(pidfd)
             cid, slot = children.pop(pidfd)
-            info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            # wait4 rather than waitid: its rusage tells a CPU-limit kill from others.
+            _, status, usage = os.wait4(pids.pop(pidfd), 0)
             os.close(pidfd)
+            cpu = usage.ru_utime + usage.ru_stime
             # Only the status goes to the monitor; the zygote keeps nothing of the child.
-            if info is not None and info.si_code == os.CLD_EXITED:
-                _send(ctrl, {"t": "exit", "cid": cid, "code": info.si_status, "signal": 0})
-            elif info is not None:
-                _send(ctrl, {"t": "exit", "cid": cid, "code": -1, "signal": info.si_status})
+            if os.WIFEXITED(status):
+                code, sig = os.WEXITSTATUS(status), 0
+            else:
+                code, sig = -1, os.WTERMSIG(status)
+            _send(ctrl, {"t": "exit", "cid": cid, "code": code, "signal": sig, "cpu": cpu})
             free_slots.append(slot)
 
 

@@ -1,0 +1,321 @@
+"""One test per escape attempt, each asserting the specific mechanism that stops it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FakeMonitor, make_sandbox, pid_alive
+
+from trapeze.sandbox import Sandbox
+
+EPERM, EACCES = errno.EPERM, errno.EACCES
+
+
+def attack(sb: Sandbox, attack_: str, monitor: FakeMonitor | None = None, **event: object):
+    out = sb.run({"attack": attack_, **event}, {}, monitor or FakeMonitor())
+    return out
+
+
+def ok(sb: Sandbox, attack_: str, **event: object):
+    out = attack(sb, attack_, **event)
+    assert out.status == "ok", out
+    return out.value
+
+
+# --- network: seccomp refuses socket() before the empty netns is even reached ---------------
+
+def test_tcp_to_loopback(sandbox: Sandbox) -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    try:
+        assert ok(sandbox, "tcp_loopback", port=srv.getsockname()[1])["errno"] == EPERM
+    finally:
+        srv.close()
+
+
+def test_udp_to_loopback(sandbox: Sandbox) -> None:
+    assert ok(sandbox, "udp_loopback", port=9)["errno"] == EPERM
+
+
+def test_unix_socket_path(sandbox: Sandbox, tmp_path: Path) -> None:
+    path = "/run/trapeze-test.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen()
+    try:
+        assert ok(sandbox, "unix_path", path=path)["errno"] == EPERM
+    finally:
+        srv.close()
+        os.unlink(path)
+
+
+def test_unix_socket_abstract(sandbox: Sandbox) -> None:
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind("\0trapeze-test")
+    srv.listen()
+    try:
+        assert ok(sandbox, "unix_abstract", name="trapeze-test")["errno"] == EPERM
+    finally:
+        srv.close()
+
+
+# --- files: Landlock ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/var/tmp/trapeze-pwned", "/dev/shm/trapeze-pwned",
+                                  "/etc/trapeze-pwned", "/usr/lib/trapeze-pwned"])
+def test_write_outside_private_tmp(sandbox: Sandbox, path: str) -> None:
+    assert ok(sandbox, "write_file", path=path)["errno"] == EACCES
+    assert not os.path.exists(path)
+
+
+def test_write_under_root_home(sandbox: Sandbox) -> None:
+    # As root, the zygote covers /root with a read-only tmpfs holding only the interpreter
+    # (its private mount view): EROFS, and Landlock would refuse with EACCES behind it.
+    out = ok(sandbox, "write_file", path="/root/trapeze-pwned")["errno"]
+    assert out == (errno.EROFS if os.geteuid() == 0 else EACCES)
+    assert not os.path.exists("/root/trapeze-pwned")
+
+
+def test_write_into_app_dir(sandbox: Sandbox) -> None:
+    target = Path(sandbox.spec.app_dir) / "pwned.txt"
+    assert ok(sandbox, "write_file", path=str(target))["errno"] in (EACCES, errno.EROFS)
+    assert not target.exists()
+
+
+def test_private_tmp_is_writable(sandbox: Sandbox) -> None:
+    assert ok(sandbox, "tmp_works") == "fine"
+
+
+def test_read_etc_shadow(sandbox: Sandbox) -> None:
+    assert ok(sandbox, "read_file", path="/etc/shadow")["errno"] == EACCES
+
+
+def test_read_monitor_environ(sandbox: Sandbox) -> None:
+    os.environ["TRAPEZE_TEST_SECRET"] = "s3cret"
+    out = ok(sandbox, "read_file", path=f"/proc/{os.getpid()}/environ")
+    assert out["errno"] == EACCES
+
+
+def test_read_monitor_cwd_files(sandbox: Sandbox) -> None:
+    secret = Path.cwd() / "pyproject.toml"
+    assert secret.exists()
+    assert ok(sandbox, "read_file", path=str(secret))["errno"] == EACCES
+
+
+def test_proc_of_other_processes(sandbox: Sandbox) -> None:
+    assert ok(sandbox, "listdir", path="/proc")["errno"] == EACCES
+    zygote = sandbox._proc.pid  # type: ignore[union-attr]
+    assert ok(sandbox, "read_file", path=f"/proc/{zygote}/cmdline")["errno"] == EACCES
+    assert ok(sandbox, "read_file", path="/proc/1/environ")["errno"] == EACCES
+
+
+# --- processes: seccomp ---------------------------------------------------------------------
+
+def test_exec_bin_sh(sandbox: Sandbox) -> None:
+    assert ok(sandbox, "exec_sh")["errno"] == EPERM
+
+
+def test_fork(sandbox: Sandbox) -> None:
+    assert ok(sandbox, "fork")["errno"] == EPERM
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["clone", "socket", "ptrace", "process_vm_readv", "io_uring_setup", "unshare", "bpf",
+     "mount", "memfd_create", "keyctl"],
+)
+def test_raw_syscall_denied(sandbox: Sandbox, name: str) -> None:
+    assert ok(sandbox, "syscall", name=name) == {"ret": -1, "errno": EPERM}
+
+
+def test_clone3_reports_enosys(sandbox: Sandbox) -> None:
+    # ENOSYS, not EPERM: glibc then falls back to clone(), whose flags BPF can inspect.
+    assert ok(sandbox, "syscall", name="clone3") == {"ret": -1, "errno": errno.ENOSYS}
+
+
+def test_int80_32bit_entry_kills_process(sandbox: Sandbox) -> None:
+    out = attack(sandbox, "int80")
+    assert out.status == "crash", out
+    assert "SIGSYS" in (out.error or "")
+
+
+# --- signals: own PID namespace per child, Landlock signal scoping --------------------------
+
+def _zygote_children(sb: Sandbox) -> list[int]:
+    zpid = sb._proc.pid  # type: ignore[union-attr]
+    with open(f"/proc/{zpid}/task/{zpid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
+
+
+def test_signals_to_zygote_monitor_and_siblings(sandbox: Sandbox) -> None:
+    # Wait until only the waiting pre-forked siblings remain (earlier children reaped).
+    end = time.monotonic() + 3
+    while len(_zygote_children(sandbox)) != sandbox.spec.prefork and time.monotonic() < end:
+        time.sleep(0.02)
+    siblings = _zygote_children(sandbox)
+    assert len(siblings) == sandbox.spec.prefork
+    targets = [os.getpid(), sandbox._proc.pid, *siblings]  # type: ignore[union-attr]
+    out = ok(sandbox, "signal_pids", pids=targets)
+    for pid in targets:
+        assert out[str(pid)]["errno"] == errno.ESRCH, (pid, out)
+    assert out["self"] == 1  # it is the init of a namespace holding nothing else
+    assert all(pid_alive(p) for p in siblings)
+    assert ok(sandbox, "tmp_works") == "fine"
+
+
+# --- the protocol ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"raw": b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1"},  # 0xc1 is never valid msgpack
+        {"raw": b"\x7f\xff\xff\xff"},  # a frame claiming 2 GB
+        {"body": [1, 2, 3]},
+        {"body": {"t": "call", "id": 1, "op": "kv.get", "args": {"table": "t", "key": "k"},
+                  "label": "top"}},
+        {"body": {"t": "call", "id": 1, "op": "kv.get", "args": {"table": "t", "key": "k"},
+                  "request_id": "someone-else"}},
+        {"body": {"t": "call", "id": 1, "op": "os.system", "args": {}}},
+        {"body": {"t": "result", "ok": True, "value": 1, "label": "bottom"}},
+    ],
+    ids=["garbage", "oversized", "not-a-map", "claims-label", "claims-invocation",
+         "unknown-op", "result-with-label"],
+)
+def test_forged_frames_kill_the_child(sandbox: Sandbox, event: dict) -> None:
+    mon = FakeMonitor()
+    out = attack(sandbox, "raw_frame", mon, **event)
+    assert out.status == "protocol", out
+    assert out.error and out.error.startswith("protocol violation")
+    assert mon.calls == []
+    assert out.pid is not None
+    _wait_gone(out.pid)
+
+
+def _wait_gone(pid: int, timeout: float = 2.0) -> None:
+    end = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not pid_alive(pid), f"process {pid} outlived its invocation"
+
+
+# --- outliving the invocation ---------------------------------------------------------------
+
+def test_thread_does_not_outlive_invocation(sandbox: Sandbox) -> None:
+    mon = FakeMonitor()
+    out = attack(sandbox, "thread_outlives", mon)
+    assert out.status == "ok" and out.value == "returned"
+    _wait_gone(out.pid)  # type: ignore[arg-type]
+    time.sleep(0.5)
+    assert ("t", "late") not in mon.store
+
+
+def test_grandchild_does_not_outlive_invocation() -> None:
+    sb = make_sandbox(executables=("/bin/sleep",), prefork=1)
+    try:
+        marker = "987654.25"
+        out = attack(sb, "grandchild", marker=marker)
+        assert out.status == "ok", out
+        _wait_gone(out.pid)  # type: ignore[arg-type]
+        time.sleep(0.2)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                assert marker.encode() not in cmd, "the grandchild survived"
+    finally:
+        sb.close()
+
+
+# --- resources ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def short() -> object:
+    sb = make_sandbox(timeout_s=1.0, cpu_s=30, prefork=1)
+    yield sb
+    sb.close()
+
+
+def test_sleeping_forever_times_out(short: Sandbox) -> None:
+    out = attack(short, "sleep_forever")
+    assert out.status == "timeout" and out.duration_s < 2.0
+    _wait_gone(out.pid)  # type: ignore[arg-type]
+
+
+def test_cpu_spin_times_out(short: Sandbox) -> None:
+    out = attack(short, "spin")
+    assert out.status == "timeout"
+    _wait_gone(out.pid)  # type: ignore[arg-type]
+
+
+def test_cpu_spin_hits_rlimit_cpu() -> None:
+    sb = make_sandbox(timeout_s=10.0, cpu_s=1, prefork=1)
+    try:
+        out = attack(sb, "spin")
+        assert out.status == "crash" and "RLIMIT_CPU" in (out.error or ""), out
+        assert out.duration_s < 5
+    finally:
+        sb.close()
+
+
+def test_allocating_20_gb(sandbox: Sandbox) -> None:
+    out = attack(sandbox, "allocate", gb=20)
+    assert out.status == "error" and out.error.startswith("MemoryError"), out
+
+
+def test_1_gb_result_is_refused() -> None:
+    sb = make_sandbox(memory_mb=3072, prefork=1)
+    try:
+        out = attack(sb, "big_result", mb=1024)
+        assert out.status == "error", out
+        assert out.error.startswith("LimitExceeded") and "16777216" in out.error, out
+    finally:
+        sb.close()
+
+
+def test_filling_the_disk_one_file(sandbox: Sandbox) -> None:
+    assert ok(sandbox, "fill_one_file")["errno"] == errno.EFBIG
+
+
+def test_filling_the_disk_many_files(sandbox: Sandbox) -> None:
+    assert ok(sandbox, "fill_many_files")["errno"] == errno.ENOSPC
+
+
+# --- isolation between invocations ----------------------------------------------------------
+
+def test_no_state_survives_into_next_invocation(sandbox: Sandbox) -> None:
+    high = FakeMonitor(label="secret")
+    first = sandbox.run({"attack": "leave_state", "secret": "TOPSECRET"}, {"label": "secret"},
+                        high)
+    assert first.status == "ok" and first.value == 1
+    for _ in range(3):  # whichever pre-forked sibling serves it
+        low = FakeMonitor(label="public")
+        out = sandbox.run({"attack": "look_for_state"}, {"label": "public"}, low)
+        assert out.status == "ok", out
+        assert out.value == {"counter": 0, "module": False, "env": None, "tmp": [],
+                             "json_attr": None}
+
+
+def test_import_time_code_reaches_nothing() -> None:
+    sb = make_sandbox(handler="evil_import:handler", prefork=2)
+    try:
+        out = sb.run({}, {}, FakeMonitor())
+        assert out.status == "ok", out
+        found = out.value
+        assert found["open_fds"] == [0, 1, 2, 3]
+        assert found["kill_all"]["errno"] == errno.ESRCH
+        assert found["kill_pid_2"]["errno"] == errno.ESRCH
+        assert found["proc"]["errno"] == EACCES
+        assert found["dev_shm"]["errno"] == EACCES
+        assert found["shared_tmp"]["errno"] == EACCES
+        assert found["pipe_to_parent"]["errno"] == errno.EBADF
+        assert found["tmp_listing"] == []
+        # The sibling that ran the same import-time code concurrently is unharmed.
+        assert sb.run({}, {}, FakeMonitor()).status == "ok"
+    finally:
+        sb.close()
