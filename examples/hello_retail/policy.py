@@ -79,12 +79,12 @@ def release_reply(value: Any, info: Mapping[str, Any]) -> Any:
     _need(isinstance(value, Mapping), "replies are objects")
     if function == "receive":
         return _receive_reply(value)
-    if function == "authorize":
-        return _authorization(value)
-    if function == "store_card":
+    if function == "card_company":
+        if "approved" in value:
+            return _authorization(value)
         # Whether a card was stored is known to the client anyway (they asked for it).
         return {"stored": value.get("stored") is True}
-    if function == "delete":
+    if function == "read_product":
         return _release(value, info)
     raise Refused(f"no reply of {function!r} is declassified")
 
@@ -115,7 +115,8 @@ def _authorization(value: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _release(value: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
-    # The owner publishes a product: its catalog entry and price, nothing else.
+    # The owner publishes a product: its catalog entry and price, nothing else. Only a read
+    # that started below owner reaches here (the guard), i.e. a release requested at public.
     principal = info.get("principal")
     _need(principal is None or principal in RELEASERS, "only the owner releases products")
     product_id, item, price = value.get("id"), value.get("item"), value.get("price")

@@ -1,25 +1,18 @@
-"""PurchaseProduct task StoreCreditCard: keep the card for next time, if asked to.
+"""PurchaseProduct task StoreCreditCard: have the card company keep the card, if asked to.
 
-The card is written at client-cc:<client>, which only that client's card-company label (and
-top) can read: not the owner, not other clients, not even the client's own label.
+The card ends up at client-cc:<client> (see card_company.py); this task only learns whether
+it was stored.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from functions.retail import CARDS
-
-from trapeze.guest import kv, label
+from trapeze.guest import functions
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     card = event.get("creditCard")
     if not event.get("storeCC") or not isinstance(card, str):
         return {"stored": False}
-    family, _, who = str(label.current()).partition(":")
-    if family != "client":
-        return {"stored": False}  # only shoppers have a card label
-    label.raise_to(f"client-cc:{who}")
-    kv.put(CARDS, str(event["user"]), card)
-    return {"stored": True}
+    return functions.invoke("card_company", {"op": "store", "creditCard": card})

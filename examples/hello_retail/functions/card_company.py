@@ -1,0 +1,66 @@
+"""The card company's side of a purchase: authorize a payment, or store a card.
+
+Called synchronously (functions.invoke) by the PurchaseProduct tasks `authorize` and
+`store_card`, at the buyer's label client:X. It raises — to cc-company to authorize (every
+stored card is readable there), to client-cc:X to store — and its reply goes back to the task
+at client:X only through the `card_replies` declassifier (policy.py), which releases the
+decision and nothing else. Why a separate function: the workflow engine waits for its tasks
+with an unbounded reply (a raise inside a task raises the whole execution), whereas the reply
+to a synchronous invoke is bounded by the caller's label, which is where a "response"
+declassifier applies.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from functions.retail import CARDS
+
+from trapeze.guest import kv, label
+
+APPROVAL_FAILURE_RATE = 0.01
+MAX_AUTHORIZATION = 2**53 - 1
+
+
+def _client() -> str | None:
+    # The buyer is whoever the label says, not a field of the event: a compromised task cannot
+    # pay with, or overwrite, another client's card.
+    family, _, who = str(label.current()).partition(":")
+    return who if family == "client" and who else None
+
+
+def authorize(event: dict[str, Any]) -> dict[str, Any]:
+    who = _client()
+    label.raise_to("cc-company")
+    card = event.get("creditCard")
+    if card is None and who is not None:
+        # cc-company sees every client's card facet; only this client's one counts.
+        wanted = f"client-cc:{who}"
+        card = next((v for v, lab in kv.facets(CARDS, who) if lab == wanted), None)
+    if not isinstance(card, str):
+        return {"approved": "false",
+                "failureReason": "No credit card supplied and no credit card stored in DB"}
+    if random.random() < APPROVAL_FAILURE_RATE:
+        return {"approved": "false", "failureReason": "Credit card authorization failed"}
+    return {"approved": "true", "authorization": random.randrange(MAX_AUTHORIZATION)}
+
+
+def store(event: dict[str, Any]) -> dict[str, Any]:
+    who, card = _client(), event.get("creditCard")
+    if who is None or not isinstance(card, str):
+        return {"stored": False}
+    # client-cc:X: readable by cc-company (and top) only — not the owner, not other clients,
+    # not even client:X itself.
+    label.raise_to(f"client-cc:{who}")
+    kv.put(CARDS, who, card)
+    return {"stored": True}
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    operation = event.get("op")
+    if operation == "authorize":
+        return authorize(event)
+    if operation == "store":
+        return store(event)
+    raise ValueError(f"unknown card operation {operation!r}")
