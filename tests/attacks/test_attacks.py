@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FakeMonitor, make_sandbox, pid_alive
+from attack_helpers import FakeMonitor, make_sandbox, pid_alive
 
 from trapeze.sandbox import Sandbox
 

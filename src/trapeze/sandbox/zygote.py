@@ -121,6 +121,9 @@ def _enter_namespaces(cfg: dict[str, Any], roots: list[str]) -> str:
         os.setgroups([])
         os.setresgid(zygote_uid, zygote_uid, zygote_uid)
         os.setresuid(zygote_uid, zygote_uid, zygote_uid)
+        # A uid change makes us non-dumpable, which leaves /proc/self/uid_map owned by
+        # root and unwritable; an ordinary user's process is dumpable.
+        sc.prctl(sc.PR_SET_DUMPABLE, 1)
     uid, gid = os.getuid(), os.getgid()
     try:
         sc.unshare(
