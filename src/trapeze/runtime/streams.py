@@ -1,0 +1,352 @@
+"""Durable, partitioned streams with labelled records (trusted; DESIGN §4, §9).
+
+A record is stored with the label it was put at, in a column: the label travels out of band,
+and a ``label``/``ifcLabel`` field inside a record is just data. Each consumer function gets
+the records in batches, at-least-once, and a batch never mixes labels: the consumer runs at
+the batch's label.
+
+Delivery lanes and ordering. Records are ordered per partition key. Delivery state is kept per
+lane = (consumer, partition, label), each with its own checkpoint, because a record must never
+wait for one at a label that does not flow to its own: if a low record waited behind a high
+one, whether (and when) the low consumer saw it would depend on how the high consumer fared.
+So a record at ``l`` is delivered once every earlier record of its partition at a label
+strictly below ``l`` is done (checkpointed or dead-lettered); records at the same label are
+delivered in order; records at higher or incomparable labels do not hold it back. For a
+partition written at one label this is plain per-partition order.
+
+Sequence numbers. The visible ``sequenceNumber`` counts records of the same stream *and
+label* (``"<n>/<label>"``), so the numbers a viewer sees never reveal how many records other
+labels put in between. The global order is internal.
+
+Failures. A batch whose consumer fails *at the batch's label* is retried with exponential
+backoff and dead-lettered after ``max_attempts``. A consumer that raised its label and then
+failed has failed at the raised label: retrying it in the batch's lane would let the batch's
+label observe that failure, so the lane moves on at once and the batch is retried detached at
+the raised label (then dead-lettered there, visible only at that label).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from trapeze.errors import InvalidArgument, LimitExceeded, NotFound
+from trapeze.labels import Lattice
+from trapeze.policy.specs import StreamSpec
+from trapeze.runtime.engine_store import EngineDB, Lane, StoredRecord, dumps, loads
+
+log = logging.getLogger("trapeze.streams")
+
+DEFAULT_PARTITION = "default"
+MAX_PARTITION_KEY = 256
+
+
+class StepResult(Protocol):
+    """What an invocation returns to an engine (InvocationResult fits)."""
+
+    status: str  # ok / error / withheld / timeout / refused
+    value: Any
+    error: str | None
+    label: str | None  # the label the invocation ended at
+
+
+# invoke(function, event, label) -> result. The engines are trusted and wait for every result,
+# so the runtime must call with response_bound = top: nothing is withheld from them and the
+# result carries the final label (see `invoker_adapter`).
+Invoke = Callable[[str, Any, str], StepResult]
+
+
+def invoker_adapter(invoker: Any, lattice: Lattice) -> Invoke:
+    """An `Invoke` over the runtime's Invoker (bound = top, so the final label comes back)."""
+
+    def invoke(function: str, event: Any, label: str) -> StepResult:
+        return invoker.invoke(function, event, label=label,  # type: ignore[no-any-return]
+                              response_bound=lattice.top)
+
+    return invoke
+
+
+class StreamError(InvalidArgument):
+    """A put the stream refuses (message built from the caller's own arguments only)."""
+
+
+def encode_record(record: Any, limit: int) -> str:
+    """The record as canonical JSON, or a clear error when it is not JSON or too large."""
+    try:
+        text = dumps(record)
+    except (TypeError, ValueError) as e:
+        raise StreamError(f"a stream record must be a JSON value: {e}") from None
+    size = len(text.encode())
+    if size > limit:
+        raise LimitExceeded(
+            f"the record is {size} bytes encoded as JSON; this stream takes at most {limit}"
+        )
+    return text
+
+
+class StreamEngine:
+    def __init__(
+        self,
+        db: EngineDB,
+        lattice: Lattice,
+        streams: Mapping[str, StreamSpec],
+        invoke: Invoke,
+        *,
+        workers: int = 4,
+        poll_interval: float = 0.5,
+        backoff_base: float = 0.05,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.lattice = lattice
+        self.streams = dict(streams)
+        self.invoke = invoke
+        self.poll_interval = poll_interval
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Condition()
+        self._dirty = True
+        self._stopping = False
+        self._inflight: set[tuple[str, str, str, str]] = set()
+        self._detached = 0
+
+    # ------------------------------------------------------------------ producers
+    def spec(self, stream: str) -> StreamSpec:
+        spec = self.streams.get(stream)
+        if spec is None:
+            known = ", ".join(sorted(self.streams)) or "none declared"
+            raise NotFound(f"no stream named {stream!r} (streams: {known})")
+        return spec
+
+    def put(self, stream: str, record: Any, partition_key: str | None,
+            label: str) -> dict[str, Any]:
+        """Append `record` at `label` (already checked by the caller: the monitor or the CLI)."""
+        spec = self.spec(stream)
+        label = self.lattice.check(label)
+        if partition_key is None:
+            partition_key = DEFAULT_PARTITION
+        if not isinstance(partition_key, str) or not partition_key or \
+                len(partition_key) > MAX_PARTITION_KEY:
+            raise StreamError(
+                f"a partition key must be a non-empty string of at most {MAX_PARTITION_KEY}"
+                " characters"
+            )
+        text = encode_record(record, spec.max_record_bytes)
+        _, n = self.db.append_record(stream, partition_key, label, text, time.time())
+        self._poke()
+        return {"sequence": _seq(n, label), "partition": partition_key}
+
+    # ------------------------------------------------------------------ readers
+    def tail(self, stream: str, label: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest `limit` records whose label flows to `label`, oldest first."""
+        self.spec(stream)
+        label = self.lattice.check(label)
+        if type(limit) is not int or limit < 0:
+            raise InvalidArgument("limit must be a non-negative int")
+        rows = self.db.stream_rows(stream, True, limit, lambda lab: self.lattice.flows(lab, label))
+        return [_record_out(r) | {"label": r.label} for r in reversed(rows)]
+
+    def dead_letters(self, stream: str, label: str) -> list[dict[str, Any]]:
+        self.spec(stream)
+        label = self.lattice.check(label)
+        out = []
+        for consumer, part, dl_label, attempts, error, at, r_label, n, data in \
+                self.db.dead_letter_rows(stream):
+            if self.lattice.flows(dl_label, label):
+                out.append({"consumer": consumer, "partitionKey": part, "label": dl_label,
+                            "attempts": attempts, "error": error, "time": at,
+                            "sequenceNumber": _seq(n, r_label), "data": loads(data)})
+        return out
+
+    # ------------------------------------------------------------------ delivery
+    def start(self) -> StreamEngine:
+        if self._thread is not None:
+            return self
+        self._stopping = False
+        self._pool = ThreadPoolExecutor(max_workers=self._workers,
+                                        thread_name_prefix="trapeze-stream")
+        self._thread = threading.Thread(target=self._loop, name="trapeze-stream-sched",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop scheduling; wait for batches in flight (an unfinished one is redelivered)."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def idle(self) -> bool:
+        """True when every record has been delivered to every consumer or dead-lettered."""
+        with self._wake:
+            if self._inflight or self._detached:
+                return False
+        for name, spec in self.streams.items():
+            for consumer in spec.consumers:
+                if any(lane.newest > lane.last_id for lane in self.db.lanes(name, consumer)):
+                    return False
+        return True
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.idle():
+                return True
+            time.sleep(0.02)
+        return self.idle()
+
+    def _poke(self) -> None:
+        with self._wake:
+            self._dirty = True
+            self._wake.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                if self._stopping:
+                    return
+                if not self._dirty:
+                    self._wake.wait(self.poll_interval)
+                if self._stopping:
+                    return
+                self._dirty = False
+            try:
+                self._schedule()
+            except Exception:  # a transient database error must not kill delivery
+                log.exception("stream scheduling failed; retrying")
+                time.sleep(self.poll_interval)
+
+    def _schedule(self) -> None:
+        now = time.time()
+        for name, spec in self.streams.items():
+            for consumer in spec.consumers:
+                lanes = self.db.lanes(name, consumer)
+                for lane in lanes:
+                    key = (name, consumer, lane.partition, lane.label)
+                    if lane.newest <= lane.last_id or lane.next_at > now:
+                        continue
+                    with self._wake:
+                        if key in self._inflight or self._stopping or self._pool is None:
+                            continue
+                        self._inflight.add(key)
+                    # Re-read after claiming the lane: the snapshot above may predate a
+                    # delivery that just finished, and its batch must not be sent twice.
+                    fresh = self.db.lanes(name, consumer)
+                    mine = next((x for x in fresh if (x.partition, x.label) ==
+                                 (lane.partition, lane.label)), None)
+                    batch = self._batch(spec, mine, fresh) if mine is not None and \
+                        mine.next_at <= now else []
+                    with self._wake:
+                        if not batch or self._stopping or self._pool is None:
+                            self._inflight.discard(key)
+                            continue
+                        self._pool.submit(self._deliver, spec, mine, batch, key)
+
+    def _batch(self, spec: StreamSpec, lane: Lane, lanes: list[Lane]) -> list[StoredRecord]:
+        # The lane may not pass the first pending record of any strictly lower lane of the
+        # same partition (order towards lower labels); higher lanes never hold it back.
+        bound = lane.newest + 1
+        for other in lanes:
+            if other.partition != lane.partition or other.label == lane.label:
+                continue
+            if other.newest <= other.last_id or not self.lattice.flows(other.label, lane.label):
+                continue
+            first = self.db.first_pending(lane.stream, other.partition, other.label,
+                                          other.last_id)
+            if first is not None:
+                bound = min(bound, first)
+        return self.db.lane_records(lane.stream, lane.partition, lane.label, lane.last_id,
+                                    bound, spec.batch_size)
+
+    def _event(self, stream: str, batch: list[StoredRecord]) -> dict[str, Any]:
+        return {"Records": [_record_out(r) | {"eventSource": "trapeze:stream",
+                                              "streamName": stream} for r in batch]}
+
+    def _deliver(self, spec: StreamSpec, lane: Lane, batch: list[StoredRecord],
+                 key: tuple[str, str, str, str]) -> None:
+        try:
+            self._deliver_once(spec, lane, batch)
+        except Exception:
+            log.exception("stream delivery to %s failed inside the engine", lane.consumer)
+        finally:
+            with self._wake:
+                self._inflight.discard(key)
+                self._dirty = True
+                self._wake.notify_all()
+
+    def _deliver_once(self, spec: StreamSpec, lane: Lane, batch: list[StoredRecord]) -> None:
+        result = self.invoke(lane.consumer, self._event(lane.stream, batch), lane.label)
+        last = batch[-1].id
+        final = result.label or lane.label
+        if result.status == "ok":
+            self.db.set_checkpoint(lane, last, 0, 0.0)
+            return
+        error = f"{result.status}: {result.error or ''}"[:2000]
+        if not self.lattice.flows(final, lane.label):
+            # Failed above the batch's label: the lane must not learn it (see module doc).
+            self.db.set_checkpoint(lane, last, 0, 0.0)
+            self._detach_retries(spec, lane, batch, final, error)
+            return
+        attempts = lane.attempts + 1
+        if attempts >= spec.max_attempts:
+            log.warning("stream %s: batch for %s dead-lettered after %d attempts",
+                        lane.stream, lane.consumer, attempts)
+            self.db.set_checkpoint(lane, last, 0, 0.0, error,
+                                   dead=[(r.id, lane.label, error, attempts) for r in batch])
+            return
+        delay = min(self.backoff_base * 2 ** (attempts - 1), self.backoff_max)
+        self.db.set_checkpoint(lane, lane.last_id, attempts, time.time() + delay, error)
+
+    def _detach_retries(self, spec: StreamSpec, lane: Lane, batch: list[StoredRecord],
+                        label: str, error: str) -> None:
+        def run() -> None:
+            nonlocal label, error
+            try:
+                for attempt in range(1, spec.max_attempts):
+                    time.sleep(min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max))
+                    if self._stopping:
+                        break
+                    result = self.invoke(lane.consumer, self._event(lane.stream, batch), label)
+                    if result.status == "ok":
+                        return
+                    # Labels only go up: a retry that raised further failed at the join.
+                    label = self.lattice.join(label, result.label or label)
+                    error = f"{result.status}: {result.error or ''}"[:2000]
+                self.db.add_dead_letters(lane.stream, lane.consumer, lane.partition, label,
+                                         [r.id for r in batch], spec.max_attempts, error)
+            except Exception:
+                log.exception("detached stream retry failed inside the engine")
+            finally:
+                with self._wake:
+                    self._detached -= 1
+
+        with self._wake:
+            self._detached += 1
+        threading.Thread(target=run, name="trapeze-stream-detached", daemon=True).start()
+
+
+def _seq(n: int, label: str) -> str:
+    return f"{n:012d}/{label}"
+
+
+def _record_out(r: StoredRecord) -> dict[str, Any]:
+    return {
+        "data": loads(r.data),
+        "partitionKey": r.partition,
+        "sequenceNumber": _seq(r.lane_seq, r.label),
+        "approximateArrivalTimestamp": r.arrived,
+        "eventID": f"{r.partition}:{_seq(r.lane_seq, r.label)}",
+    }
