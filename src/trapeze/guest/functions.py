@@ -9,9 +9,9 @@ from trapeze.guest._runtime import call
 
 def invoke(name: str, event: Any) -> Any:
     """Synchronous call at the current label; returns the callee's result."""
-    return call("functions.invoke", {"name": name, "event": event})
+    return call("functions.invoke", {"function": name, "event": event})
 
 
 def invoke_async(name: str, event: Any, label: str | None = None) -> Any:
     """Fire and forget, at the current label or a higher one."""
-    return call("functions.invoke_async", {"name": name, "event": event, "label": label})
+    return call("functions.invoke_async", {"function": name, "event": event, "label": label})

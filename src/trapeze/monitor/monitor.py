@@ -246,6 +246,7 @@ class Monitor:
     def declassify(self, inv: Invocation, d: Declassifier, channel: str, payload: Any) -> Any:
         info = {
             "function": inv.function,
+            "principal": inv.principal,
             "request_id": inv.request_id,
             "label": inv.label,
             "history": list(inv.history),

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from trapeze.errors import InvocationError, LimitExceeded, NotFound
+from trapeze.errors import FlowError, InvocationError, LimitExceeded, NotFound
 from trapeze.monitor import Invocation, Monitor
 
 log = logging.getLogger("trapeze.runtime")
@@ -229,7 +229,11 @@ class Invoker:
             return monitor.handle(inv, op, args)
 
         outcome = runner.run(event, inv.context_for_guest(), on_call)
-        self.sink.record_log(inv, outcome.log)
+        text = outcome.log
+        if outcome.status != "ok" and outcome.error:
+            # The failure itself belongs in the invocation's log, at the invocation's label.
+            text += f"[trapeze] {outcome.status}: {outcome.error}\n"
+        self.sink.record_log(inv, text)
         if outcome.status == "protocol":
             monitor.audit.record("protocol", inv, {"reason": outcome.error or ""})
         elif outcome.status in ("timeout", "crash"):
@@ -249,7 +253,10 @@ class Invoker:
                 # The declassifier is declared for values; failure details stay at the label.
                 return InvocationResult("error", error="the invocation failed",
                                         request_id=rid)
-            value = self.monitor.declassify(inv, declassifier, "response", outcome.value)
+            try:
+                value = self.monitor.declassify(inv, declassifier, "response", outcome.value)
+            except FlowError as e:  # audited by the monitor; the refusal is the declared flow
+                return InvocationResult("error", error=str(e), request_id=rid)
             return InvocationResult("ok", value=value, request_id=rid)
         status = outcome.status if outcome.status in ("ok", "timeout") else "error"
         value = outcome.value if status == "ok" else None
