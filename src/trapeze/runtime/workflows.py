@@ -667,3 +667,128 @@ def _error_name(error: str | None) -> tuple[str, str | None]:
     if m and (m.group(2) is not None or "." in m.group(1) or m.group(1)[0].isupper()):
         return m.group(1), m.group(2)
     return "States.TaskFailed", error
+
+
+# ====================================================================== wiring
+class Engines:
+    """Both engines over one store file, with the runtime's Dispatcher calls (trusted).
+
+    The runtime builds one at start (after its Invoker exists), calls :meth:`start`, routes
+    the Dispatcher's ``stream_put``/``workflow_start``/``task_complete`` here, and calls
+    :meth:`close` before closing the store. `label` arguments are already checked by the
+    monitor (the caller's current label, or a higher one it named).
+    """
+
+    def __init__(self, store_url: str, lattice: Lattice, manifest: Any, invoke: Invoke, *,
+                 stream_workers: int = 4, time_scale: float = 1.0) -> None:
+        from trapeze.runtime.streams import StreamEngine
+
+        self.db = EngineDB.open(store_url)
+        try:
+            self.streams = StreamEngine(self.db, lattice, manifest.streams, invoke,
+                                        workers=stream_workers)
+            self.workflows = WorkflowEngine(self.db, lattice, manifest.workflows, invoke,
+                                            functions=set(manifest.functions),
+                                            time_scale=time_scale)
+        except BaseException:
+            self.db.close()
+            raise
+
+    def start(self) -> Engines:
+        self.workflows.resume()
+        self.streams.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.streams.stop(timeout)
+        self.workflows.stop(timeout)
+        self.db.close()
+
+    # --- Dispatcher methods (parent: trapeze.monitor.Invocation)
+    def stream_put(self, parent: Any, stream: str, record: Any, partition_key: str | None,
+                   label: str) -> Any:
+        return self.streams.put(stream, record, partition_key, label)
+
+    def workflow_start(self, parent: Any, workflow: str, name: str | None, event: Any,
+                       label: str) -> Any:
+        return self.workflows.start(workflow, name, event, label,
+                                    starter=getattr(parent, "function", None))
+
+    def task_complete(self, parent: Any, token: str, output: Any, error: Any) -> Any:
+        return self.workflows.complete_task(token, output, error, caller_label=parent.label)
+
+    def activity_get_task(self, parent: Any, activity: str, wait_s: float = 0.0) -> Any:
+        return self.workflows.get_activity_task(activity, parent.label,
+                                                wait_s=min(float(wait_s), 60.0))
+
+
+# ====================================================================== CLI helpers
+def _cli_view(store_url: str, manifest: Any, clearance: str,
+              as_label: str | None) -> tuple[EngineDB, Lattice, str]:
+    """Open the engine tables and decide the viewer's label (never above the clearance)."""
+    lattice: Lattice = manifest.lattice
+    viewer = lattice.check(as_label or clearance)
+    if not lattice.flows(viewer, lattice.check(clearance)):
+        raise FlowError(f"{viewer!r} is above the caller's clearance {clearance!r}")
+    return EngineDB.open(store_url), lattice, viewer
+
+
+def stream_put(store_url: str, manifest: Any, stream: str, record: Any,
+               partition_key: str | None, *, clearance: str,
+               as_label: str | None = None) -> dict[str, Any]:
+    """`trapeze stream put`: append at the caller's clearance (or a lower label it names).
+
+    A running runtime delivers the record within its poll interval (its scheduler reads the
+    lanes from the shared file).
+    """
+    from trapeze.runtime.streams import StreamEngine
+
+    db, lattice, label = _cli_view(store_url, manifest, clearance, as_label)
+    try:
+        eng = StreamEngine(db, lattice, manifest.streams, _no_invoke)
+        return eng.put(stream, record, partition_key, label)
+    finally:
+        db.close()
+
+
+def stream_tail(store_url: str, manifest: Any, stream: str, *, clearance: str,
+                as_label: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """`trapeze stream tail`: the newest records the caller is cleared for."""
+    from trapeze.runtime.streams import StreamEngine
+
+    db, lattice, label = _cli_view(store_url, manifest, clearance, as_label)
+    try:
+        return StreamEngine(db, lattice, manifest.streams, _no_invoke).tail(stream, label,
+                                                                              limit)
+    finally:
+        db.close()
+
+
+def workflow_list(store_url: str, manifest: Any, *, clearance: str,
+                  as_label: str | None = None, workflow: str | None = None
+                  ) -> list[dict[str, Any]]:
+    """`trapeze workflow list`: executions the caller may know of (see the module doc)."""
+    db, lattice, label = _cli_view(store_url, manifest, clearance, as_label)
+    try:
+        return _viewer_engine(db, lattice, manifest).list(label, workflow)
+    finally:
+        db.close()
+
+
+def workflow_describe(store_url: str, manifest: Any, execution: str, *, clearance: str,
+                      as_label: str | None = None) -> dict[str, Any]:
+    """`trapeze workflow describe EXECUTION` (an id, or a name: the newest visible one)."""
+    db, lattice, label = _cli_view(store_url, manifest, clearance, as_label)
+    try:
+        return _viewer_engine(db, lattice, manifest).describe(execution, label)
+    finally:
+        db.close()
+
+
+def _viewer_engine(db: EngineDB, lattice: Lattice, manifest: Any) -> WorkflowEngine:
+    # Read-only use: definitions are parsed without the function check, nothing is resumed.
+    return WorkflowEngine(db, lattice, manifest.workflows, _no_invoke)
+
+
+def _no_invoke(function: str, event: Any, label: str) -> Any:
+    raise RuntimeError("a viewing engine never invokes functions")
