@@ -11,6 +11,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile  # imported here, in the zygote, not in every child
 from dataclasses import dataclass, field
 
 from trapeze.sandbox import syscalls as sc
@@ -65,7 +66,7 @@ class Plan:
     max_message_bytes: int
     env: dict[str, str]
     landlock_abi: int = 0
-    seccomp_bpf: bytes = b""
+    seccomp: sc.SeccompProgram | None = None
     # (path, rights) pairs, resolved and checked to exist by the zygote.
     rules: list[tuple[str, int]] = field(default_factory=list)
 
@@ -233,7 +234,8 @@ def _confine(plan: Plan, slot_uid: int, chan_fd: int, log_fd: int) -> None:
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
     sc.landlock_restrict_self(ruleset)
     os.close(ruleset)
-    sc.seccomp_load_bpf(plan.seccomp_bpf)
+    assert plan.seccomp is not None
+    plan.seccomp.load()
     _finish_environment(plan, "/tmp")
 
 
@@ -241,8 +243,6 @@ def _finish_environment(plan: Plan, tmp: str) -> None:
     os.environ.clear()
     os.environ.update(plan.env)  # exactly the manifest's variables, nothing inherited
     os.chdir(plan.app_dir)
-    import tempfile
-
     # Not via TMPDIR: the environment must hold only the manifest's variables.
     tempfile.tempdir = tmp
     if plan.app_dir not in sys.path:

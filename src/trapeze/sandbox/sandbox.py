@@ -128,6 +128,18 @@ class Sandbox:
             )
         else:
             probe(need_userns=os.geteuid() != 0 or self.zygote_uid is not None)
+            if os.geteuid() == 0:
+                # Children run as uids that own nothing: the app must be readable by
+                # "others", like a deployment package. (Its ancestors need not be: the
+                # zygote's private mount view opens those up.)
+                mode = self.spec.app_dir.stat().st_mode
+                if mode & 0o005 != 0o005:
+                    raise ConfinementUnavailable(
+                        "app directory permissions",
+                        f"{self.spec.app_dir} has mode {mode & 0o777:o}; confined functions "
+                        "run as unprivileged uids and need it readable (chmod o+rx, and o+r "
+                        "on its files)",
+                    )
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._proc = subprocess.Popen(
             [sys.executable, "-I", "-m", "trapeze.sandbox.zygote", str(theirs.fileno())],

@@ -126,18 +126,24 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def seccomp_load_bpf(program: bytes) -> None:
-    """Install a raw classic-BPF program (as exported by libseccomp) on the calling thread.
+class SeccompProgram:
+    """A raw classic-BPF program (as exported by libseccomp), laid out for the kernel.
 
-    The caller must be single-threaded (or the other threads stay unfiltered) and must have
-    set no_new_privs, which the kernel requires of unprivileged callers.
+    Built once in the zygote so that a child's only cost is the seccomp() call itself.
     """
-    if len(program) % 8:
-        raise ValueError("BPF program length is not a multiple of 8")
-    count = len(program) // 8
-    buf = (_SockFilter * count).from_buffer_copy(program)
-    prog = _SockFprog(count, ctypes.cast(buf, ctypes.POINTER(_SockFilter)))
-    _check(_syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)))
+
+    def __init__(self, program: bytes) -> None:
+        if not program or len(program) % 8:
+            raise ValueError("BPF program length is not a positive multiple of 8")
+        count = len(program) // 8
+        self._buf = (_SockFilter * count).from_buffer_copy(program)
+        self._prog = _SockFprog(count, ctypes.cast(self._buf, ctypes.POINTER(_SockFilter)))
+        self._ref = ctypes.byref(self._prog)
+
+    def load(self) -> None:
+        """Install on the calling thread. The caller must be single-threaded (other threads
+        would stay unfiltered) and must have set no_new_privs."""
+        _check(_syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, self._ref))
 
 
 def pidfd_send_signal(pidfd: int, sig: int) -> None:

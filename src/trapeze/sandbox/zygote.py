@@ -21,6 +21,7 @@ the child, and unshare(CLONE_NEWUSER) refuses multi-threaded callers.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import selectors
@@ -178,7 +179,7 @@ def _build_plan(cfg: dict[str, Any], mode: str, roots: list[str]) -> Plan:
         raise Fatal("landlock", f"Landlock is unavailable ({exc})") from exc
     plan.rules = landlock_rules(roots, list(cfg["executables"]), plan.landlock_abi)
     try:
-        plan.seccomp_bpf = seccomp_filter.build_filter(bool(cfg["executables"]))
+        plan.seccomp = sc.SeccompProgram(seccomp_filter.build_filter(bool(cfg["executables"])))
     except Exception as exc:
         raise Fatal("seccomp", f"cannot compile the seccomp filter: {exc}") from exc
     return plan
@@ -205,6 +206,7 @@ def _child(plan: Plan, uid: int, chan_fd: int, log_fd: int) -> None:
                 raise TypeError(f"{plan.module}:{plan.attribute} is not callable")
             return fn
 
+        _runtime.warm_up(chan)
         _runtime.serve_one(chan, load, import_error)
     except BaseException:
         traceback.print_exc()
@@ -239,6 +241,10 @@ def main() -> None:
     except Exception as exc:
         _send(ctrl, {"t": "fatal", "mechanism": "zygote", "error": f"{type(exc).__name__}: {exc}"})
         sys.exit(1)
+    # Move everything imported so far out of the collector's reach: a collection in a child
+    # would otherwise write to (and so copy) every page of the zygote's heap.
+    gc.collect()
+    gc.freeze()
     _send(ctrl, {"t": "hello", "mode": mode, "landlock_abi": plan.landlock_abi,
                  "pid": os.getpid()})
 
