@@ -235,10 +235,15 @@ class WorkflowEngine:
         except _Stopped:
             pass
         except Exception as e:
+            if self._stop.is_set():
+                return  # shutting down (the tables may be closed): resume() continues it
             # Where in the lattice the failure happened is unknown here: record it at top.
             log.exception("execution %s failed inside the engine", ex.id)
-            self.db.finish_execution(ex.id, "FAILED", self.lattice.top, None,
-                                     "Trapeze.Internal", type(e).__name__)
+            try:
+                self.db.finish_execution(ex.id, "FAILED", self.lattice.top, None,
+                                         "Trapeze.Internal", type(e).__name__)
+            except Exception:
+                log.exception("execution %s: could not record the failure", ex.id)
         finally:
             with self._lock:
                 self._running.pop(ex.id, None)
