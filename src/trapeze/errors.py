@@ -45,6 +45,12 @@ class ChannelError(GuestVisibleError):
     kind = "ChannelError"
 
 
+class AlreadyExists(GuestVisibleError):
+    """A name that must be unique (a workflow execution's) is already taken, visibly."""
+
+    kind = "AlreadyExists"
+
+
 class InvocationError(GuestVisibleError):
     """A synchronous invoke of another function did not return a value."""
 
@@ -61,5 +67,6 @@ GUEST_ERROR_KINDS = {
         LimitExceeded,
         ChannelError,
         InvocationError,
+        AlreadyExists,
     )
 }

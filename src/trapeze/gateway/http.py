@@ -138,9 +138,13 @@ def _proxy_response(value: Mapping[str, Any], headers: dict[str, str]) -> Respon
     return Response(body, status_code=code, headers=headers)
 
 
-def build_app(backend: Backend, routes: Sequence[GatewayRoute], *, capacity: int = 320,
-              new_request_id: Callable[[], str]) -> Starlette:
-    limiter = anyio.CapacityLimiter(capacity)
+def build_app(backend: Backend, routes: Sequence[GatewayRoute], *, concurrency: int = 64,
+              queue: int = 256, new_request_id: Callable[[], str]) -> Starlette:
+    # `concurrency` threads run invocations; up to `queue` more requests wait for one as
+    # coroutines (cheap), and anything beyond is answered 503 at once, so memory stays bounded
+    # however many requests arrive.
+    limiter = anyio.CapacityLimiter(concurrency)
+    admitted = 0
 
     def endpoint(route: GatewayRoute) -> Callable[[Request], Any]:
         async def handle(request: Request) -> Response:
@@ -161,15 +165,20 @@ def build_app(backend: Backend, routes: Sequence[GatewayRoute], *, capacity: int
                     json.loads(body)
                 except ValueError as e:
                     return _error(400, f"malformed JSON body: {e}")
-            if limiter.borrowed_tokens >= limiter.total_tokens:
+            nonlocal admitted
+            if admitted >= concurrency + queue:
                 return _error(503, "busy: too many requests in flight, retry later")
             request_id = new_request_id()
             event = _proxy_event(request, route, body, caller, request_id)
-            result = await anyio.to_thread.run_sync(
-                lambda: backend.invoke(route.function, event, label=caller.label,
-                                       principal=caller.principal, request_id=request_id),
-                limiter=limiter,
-            )
+            admitted += 1
+            try:
+                result = await anyio.to_thread.run_sync(
+                    lambda: backend.invoke(route.function, event, label=caller.label,
+                                           principal=caller.principal, request_id=request_id),
+                    limiter=limiter,
+                )
+            finally:
+                admitted -= 1
             return _http_response(result)
 
         return handle

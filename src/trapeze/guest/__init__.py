@@ -11,6 +11,7 @@ from __future__ import annotations
 from trapeze.guest import channels, functions, http, kv, label, streams, tasks, workflows
 from trapeze.guest.context import Context
 from trapeze.guest.errors import (
+    AlreadyExists,
     ChannelError,
     FlowError,
     InvalidArgument,
@@ -22,6 +23,7 @@ from trapeze.guest.errors import (
 )
 
 __all__ = [
+    "AlreadyExists",
     "ChannelError",
     "Context",
     "FlowError",

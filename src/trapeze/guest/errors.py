@@ -39,6 +39,12 @@ class InvocationError(TrapezeError):
     kind = "InvocationError"
 
 
+class AlreadyExists(TrapezeError):
+    """A workflow execution of that name already exists (Step Functions' ExecutionAlreadyExists)."""
+
+    kind = "AlreadyExists"
+
+
 class ProtocolError(TrapezeError):
     """The guest runtime could not talk to the monitor (channel closed, bad frame)."""
 
@@ -55,6 +61,7 @@ ERROR_CLASSES: dict[str, type[TrapezeError]] = {
         LimitExceeded,
         ChannelError,
         InvocationError,
+        AlreadyExists,
     )
 }
 

@@ -29,6 +29,8 @@ from trapeze.monitor.channels import HttpEgress, SmtpEmail
 from trapeze.policy import Manifest, load_manifest, load_policy_module
 from trapeze.runtime.audit import StoreAudit
 from trapeze.runtime.invoker import FunctionLimits, InvocationResult, Invoker, Runner
+from trapeze.runtime.streams import invoker_adapter
+from trapeze.runtime.workflows import Engines
 from trapeze.store import StoreView, open_plain_store, open_store
 
 log = logging.getLogger("trapeze.runtime")
@@ -104,6 +106,7 @@ class Runtime:
         self.url: str | None = None
         self.store: Any = None
         self.invoker: Invoker | None = None
+        self.engines: Engines | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ start / stop
@@ -134,6 +137,9 @@ class Runtime:
             concurrency=m.limits.concurrency, queue=m.limits.queue,
         )
         self.monitor.dispatcher = self.invoker
+        self.engines = Engines(self.store_url, self.lattice, m,
+                               invoker_adapter(self.invoker, self.lattice)).start()
+        self.invoker.engines = self.engines
         self._register_dev_principals()
         self.authenticator = Authenticator(
             self.lattice, self._resolve_token, jwt_settings=self._jwt,
@@ -214,7 +220,7 @@ class Runtime:
             for r in self.manifest.routes
         ]
         m = self.manifest
-        asgi = build_app(self, routes, capacity=m.limits.concurrency + m.limits.queue,
+        asgi = build_app(self, routes, concurrency=m.limits.concurrency, queue=m.limits.queue,
                          new_request_id=lambda: uuid.uuid4().hex)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -248,6 +254,9 @@ class Runtime:
             if not self.invoker.drain(drain_timeout):
                 log.warning("shutdown: invocations still running after %.0fs", drain_timeout)
             self.invoker.close()
+        if self.engines is not None:
+            # Before the store closes: engine threads may still be inside SQLite.
+            self.engines.close()
         for runner in self._runners.values():
             try:
                 runner.close()

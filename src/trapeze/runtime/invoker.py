@@ -299,16 +299,25 @@ class Invoker:
             if attempt + 1 < attempts:
                 time.sleep(min(0.1 * 2**attempt, 5.0))
 
+    # Streams and workflows live in their engines (runtime/streams.py, workflows.py); the
+    # runtime attaches them after both exist.
+    engines: Any = None
+
+    def _engines(self) -> Any:
+        if self.engines is None:
+            raise NotFound("streams and workflows are not running in this runtime")
+        return self.engines
+
     def stream_put(self, parent: Invocation, stream: str, record: Any,
                    partition_key: str | None, label: str) -> Any:
-        raise NotFound("streams are not available in this runtime yet")
+        return self._engines().stream_put(parent, stream, record, partition_key, label)
 
     def workflow_start(self, parent: Invocation, workflow: str, name: str | None, event: Any,
                        label: str) -> Any:
-        raise NotFound("workflows are not available in this runtime yet")
+        return self._engines().workflow_start(parent, workflow, name, event, label)
 
     def task_complete(self, parent: Invocation, token: str, output: Any, error: Any) -> Any:
-        raise NotFound("workflows are not available in this runtime yet")
+        return self._engines().task_complete(parent, token, output, error)
 
     # ------------------------------------------------------------------ lifecycle
     def drain(self, timeout: float) -> bool:

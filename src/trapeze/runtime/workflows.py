@@ -54,7 +54,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trapeze.errors import FlowError, InvalidArgument, NotFound
+from trapeze.errors import AlreadyExists, FlowError, InvalidArgument, NotFound
 from trapeze.labels import Lattice, NoJoinError
 from trapeze.policy.specs import WorkflowSpec
 from trapeze.runtime import asl
@@ -69,7 +69,7 @@ _ERROR_NAME = re.compile(r"^([A-Za-z_][\w.]*)(?::\s*(.*))?$", re.S)
 TOKEN_POLL_S = 0.5
 
 
-class ExecutionAlreadyExists(InvalidArgument):
+class ExecutionAlreadyExists(AlreadyExists):
     """An execution of that name is visible to the starter (Step Functions' error)."""
 
 
