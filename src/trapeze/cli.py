@@ -170,6 +170,54 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _caller_clearance(app: Any, store: Any, args: argparse.Namespace) -> str:
+    """The clearance CLI stream/workflow commands act with: a principal's, or --label's."""
+    if args.as_principal is None and args.label is None:
+        raise ConfigError("say who you are: --as PRINCIPAL (or --label L for an operator view)")
+    return _viewer_label(app, store, args.as_principal, args.label)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from trapeze.runtime import workflows as engines
+
+    app, store = _open_system(args)
+    url = _store_url(args, app)
+    try:
+        clearance = _caller_clearance(app, store, args)
+    finally:
+        store.close()
+    if args.action == "put":
+        if args.record is None:
+            raise ConfigError("trapeze stream put needs --record JSON")
+        out: Any = engines.stream_put(url, app.manifest, args.stream, json.loads(args.record),
+                                      args.partition_key, clearance=clearance)
+    else:
+        out = engines.stream_tail(url, app.manifest, args.stream, clearance=clearance,
+                                  limit=args.limit)
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_workflow(args: argparse.Namespace) -> int:
+    from trapeze.runtime import workflows as engines
+
+    app, store = _open_system(args)
+    url = _store_url(args, app)
+    try:
+        clearance = _caller_clearance(app, store, args)
+    finally:
+        store.close()
+    if args.action == "list":
+        out: Any = engines.workflow_list(url, app.manifest, clearance=clearance,
+                                         workflow=args.execution)
+    else:
+        if not args.execution:
+            raise ConfigError("trapeze workflow describe needs an execution id or name")
+        out = engines.workflow_describe(url, app.manifest, args.execution, clearance=clearance)
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
@@ -238,6 +286,28 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--kind", help="only entries of this kind (refused, raise, ...)")
         with_store(sp)
         sp.set_defaults(func=func)
+
+    sp = sub.add_parser("stream", help="append to or read a stream, as a principal")
+    sp.add_argument("action", choices=["put", "tail"])
+    sp.add_argument("app")
+    sp.add_argument("stream")
+    sp.add_argument("--record", help="the record, as JSON (put)")
+    sp.add_argument("--partition-key")
+    sp.add_argument("--limit", type=int, default=20)
+    sp.add_argument("--as", dest="as_principal")
+    sp.add_argument("--label")
+    with_store(sp)
+    sp.set_defaults(func=cmd_stream)
+
+    sp = sub.add_parser("workflow", help="list or describe workflow executions")
+    sp.add_argument("action", choices=["list", "describe"])
+    sp.add_argument("app")
+    sp.add_argument("execution", nargs="?", help="execution id or name (describe); "
+                                                 "workflow name (list, optional)")
+    sp.add_argument("--as", dest="as_principal")
+    sp.add_argument("--label")
+    with_store(sp)
+    sp.set_defaults(func=cmd_workflow)
 
     sp = sub.add_parser("bench", help="run the case-study benchmarks")
     sp.add_argument("--quick", action="store_true")
