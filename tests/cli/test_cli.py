@@ -73,3 +73,38 @@ def test_usage_errors_are_clear(app: Path) -> None:
     assert proc.returncode == 2 and "needs --label" in proc.stderr
     proc = trapeze("check", str(app / "nowhere"), ok=False)
     assert proc.returncode == 1 and "nowhere" in (proc.stderr + proc.stdout)
+
+
+def test_run_serves_and_shuts_down_cleanly_on_ctrl_c(app: Path) -> None:
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trapeze.cli", "run", str(app), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"{url}/hello", params={"name": "x"}, timeout=10)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json() == {"greeting": "hello, world"}
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert f"serving minimal on {url}" in out and "shutting down" in out
