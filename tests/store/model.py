@@ -38,6 +38,8 @@ class ModelStore:
         self.lattice = lattice
         self.seq = 0
         self.keys: dict[tuple[str, str], list[Facet]] = {}
+        # Highest seq ever given to each key (facets since removed included).
+        self.last_seq: dict[tuple[str, str], int] = {}
 
     def _visible(self, table: str, key: str, label: str) -> list[Facet]:
         """Facets with label ⊑ l, newest first."""
@@ -70,16 +72,27 @@ class ModelStore:
         tombstone: bool = False,
         seq: int | None = None,
     ) -> int | None:
-        """The write rule. ``seq`` lets a replay reuse the seq the real store acknowledged."""
+        """The write rule. ``seq`` lets a replay reuse the seq the real store acknowledged.
+
+        Seqs are only ever compared within a key, so the model requires exactly what the
+        store guarantees: a new facet's seq exceeds every seq the key has had.
+        """
         if expect is not MISSING and not same_value(self.get(table, key, label=label), expect):
             return None
         old = self.keys.get((table, key), [])
         # Remove every facet whose label l' satisfies l ⊑ l', then add the new one.
         kept = [f for f in old if not self.lattice.flows(label, f.label)]
-        self.seq = self.seq + 1 if seq is None else seq
-        kept.append(Facet(copy.deepcopy(value), label, self.seq, tombstone))
+        if seq is None:
+            seq = max(self.seq, self.last_seq.get((table, key), 0)) + 1
+        assert seq > self.last_seq.get((table, key), 0), (
+            f"seq {seq} for {table!r}/{key!r} is not above the key's previous "
+            f"{self.last_seq[(table, key)]}"
+        )
+        self.seq = max(self.seq, seq)
+        self.last_seq[(table, key)] = seq
+        kept.append(Facet(copy.deepcopy(value), label, seq, tombstone))
         self.keys[(table, key)] = kept
-        return self.seq
+        return seq
 
     def put(self, table: str, key: str, value: Any, *, label: str,
             expect: object = MISSING) -> bool:
