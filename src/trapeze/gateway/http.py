@@ -23,6 +23,9 @@ from trapeze.gateway.auth import Authenticator, AuthError, Caller, strip_credent
 from trapeze.runtime.invoker import InvocationResult
 
 ADMIN_PREFIX = "/_trapeze"
+# Headers that frame the HTTP message: the gateway sets them, a function may not.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "upgrade",
+                              "keep-alive", "trailer", "te"})
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,9 @@ def _proxy_response(value: Mapping[str, Any], headers: dict[str, str]) -> Respon
     extra = value.get("headers") or {}
     if isinstance(extra, Mapping):
         for k, v in extra.items():
-            if isinstance(k, str) and isinstance(v, str | int | float) and "\n" not in str(v):
+            if (isinstance(k, str) and isinstance(v, str | int | float)
+                    and k.lower() not in _FRAMING_HEADERS
+                    and not any(c in f"{k}{v}" for c in "\r\n\0")):
                 headers.setdefault(k.lower(), str(v))
     body = value.get("body", b"")
     if value.get("isBase64Encoded") and isinstance(body, str):

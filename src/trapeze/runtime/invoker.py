@@ -130,6 +130,8 @@ class Invoker:
         )
         self._closed = False
         self._inflight = 0
+        self._pending_async = 0
+        self._max_pending_async = queue * 4
         self._idle = threading.Condition()
 
     # ------------------------------------------------------------------ entry points
@@ -280,6 +282,14 @@ class Invoker:
     def invoke_async(self, parent: Invocation, function: str, event: Any, label: str) -> str:
         if function not in self.runners:
             raise NotFound(f"no function named {function!r}")
+        with self._idle:
+            if self._pending_async >= self._max_pending_async:
+                # Bounded so that a function cannot queue unbounded work (memory).
+                raise LimitExceeded(
+                    f"too many asynchronous invocations pending (at most "
+                    f"{self._max_pending_async}); retry later"
+                )
+            self._pending_async += 1
         request_id = uuid.uuid4().hex
         self._pool.submit(self._run_with_retries, parent, function, event, label, request_id)
         return request_id
@@ -288,6 +298,14 @@ class Invoker:
                           request_id: str) -> None:
         # Nobody waits for an asynchronous invocation: its bound is top, and what it returns
         # is recorded in its log at its own label. Each attempt starts afresh at `label`.
+        try:
+            self._attempts(parent, function, event, label, request_id)
+        finally:
+            with self._idle:
+                self._pending_async -= 1
+
+    def _attempts(self, parent: Invocation, function: str, event: Any, label: str,
+                  request_id: str) -> None:
         attempts = self.limits[function].retries + 1
         for attempt in range(attempts):
             rid = request_id if attempt == 0 else f"{request_id}.{attempt}"
