@@ -8,7 +8,8 @@ This is the embedding API (DESIGN §9) the CLI, the tests and the benchmarks use
         r = rt.invoke("products", event, as_principal="alice")
 
 `ifc=False` starts the benchmark baseline instead: the same functions in warm unconfined
-workers, a plain store, and a one-label policy under which every check passes.
+workers, a plain store, and the app's labels under an order where everything flows to
+everything, so every check passes (labels are still accepted, so the same code runs).
 """
 
 from __future__ import annotations
@@ -35,7 +36,29 @@ from trapeze.store import StoreView, open_plain_store, open_store
 
 log = logging.getLogger("trapeze.runtime")
 
-BASELINE_LABEL = "none"  # the only label of the IFC-off baseline
+
+
+class _NoChecks:
+    """The baseline's label order: the app's labels, every check passes (IFC off)."""
+
+    def __init__(self, lattice: Lattice) -> None:
+        self._lattice = lattice
+        self.bottom = lattice.bottom
+        self.top = lattice.top
+        self.check = lattice.check
+        self.is_label = lattice.is_label
+
+    def flows(self, a: str, b: str) -> bool:
+        return True
+
+    def join(self, a: str, b: str) -> str:
+        return b
+
+    def meet(self, a: str, b: str) -> str:
+        return a
+
+    def join_all(self, labels: Any) -> str:
+        return self.top
 
 
 class App:
@@ -97,7 +120,7 @@ class Runtime:
         self.confine = confine
         self.store_url = store_url
         self.lattice: Lattice = (
-            self.manifest.lattice if ifc else Lattice.chain([BASELINE_LABEL])
+            self.manifest.lattice if ifc else _NoChecks(self.manifest.lattice)  # type: ignore[assignment]
         )
         self._jwt = jwt
         self._runners: dict[str, Any] = {}
@@ -172,8 +195,6 @@ class Runtime:
         out: dict[str, Any] = {}
         for name, spec in self.manifest.channels.items():
             channel = HttpEgress(spec) if spec.kind == "http" else SmtpEmail(spec)
-            if not self.ifc:
-                channel.bound = BASELINE_LABEL
             out[name] = channel
         return out
 
@@ -189,7 +210,7 @@ class Runtime:
 
     def _register_dev_principals(self) -> None:
         for p in self.manifest.principals.values():
-            label = p.label if self.ifc else BASELINE_LABEL
+            label = p.label
             existing = self.system.get_principal(p.name)
             if existing is None or existing.clearance != label:
                 self.system.add_principal(p.name, label, replace=True)
@@ -276,9 +297,8 @@ class Runtime:
     # ------------------------------------------------------------------ the API
     def add_principal(self, principal: str, *, label: str, expires: float | None = None) -> str:
         """Register a principal with a clearance; returns a new API token (shown once)."""
-        clearance = label if self.ifc else BASELINE_LABEL
         if self.system.get_principal(principal) is None:
-            self.system.add_principal(principal, clearance)
+            self.system.add_principal(principal, label)
         return self.system.create_token(principal, expires=expires)
 
     def clearance(self, principal: str) -> str:
@@ -288,8 +308,6 @@ class Runtime:
         return p.clearance
 
     def _label_for(self, as_principal: str | None, as_label: str | None) -> tuple[str, str | None]:
-        if not self.ifc:
-            return BASELINE_LABEL, as_principal
         if as_principal is not None:
             clearance = self.clearance(as_principal)
             if as_label is None:
@@ -318,7 +336,7 @@ class Runtime:
                                    request_id=request_id)
 
     def view(self, label: str) -> StoreView:
-        return self.store.view(label if self.ifc else BASELINE_LABEL)
+        return self.store.view(label)
 
     def _visible(self, viewer: str) -> Callable[[str | None], bool]:
         lat = self.lattice
