@@ -335,6 +335,21 @@ class Runtime:
         return self.invoker.invoke(function, event, label=label, principal=principal,
                                    request_id=request_id)
 
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no invocation runs, every stream record is delivered and no workflow
+        execution is running (two quiet polls in a row); False on timeout."""
+        assert self.invoker is not None and self.engines is not None
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while time.monotonic() < deadline:
+            idle = (not self.invoker.busy() and self.engines.streams.idle()
+                    and not self.engines.workflows.db.executions(status="RUNNING"))
+            quiet = quiet + 1 if idle else 0
+            if quiet >= 2:
+                return True
+            time.sleep(0.02)
+        return False
+
     def view(self, label: str) -> StoreView:
         return self.store.view(label)
 

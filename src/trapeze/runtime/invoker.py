@@ -131,6 +131,7 @@ class Invoker:
         self._closed = False
         self._inflight = 0
         self._pending_async = 0
+        self.executed = 0
         self._max_pending_async = queue * 4
         self._idle = threading.Condition()
 
@@ -226,6 +227,7 @@ class Invoker:
     def _execute(self, inv: Invocation, event: Any) -> InvocationResult:
         runner = self.runners[inv.function]
         monitor = self.monitor
+        self.executed += 1  # benchmarks count invocations (an approximate counter is fine)
 
         def on_call(op: str, args: dict[str, Any]) -> Any:
             return monitor.handle(inv, op, args)
@@ -338,6 +340,10 @@ class Invoker:
         return self._engines().task_complete(parent, token, output, error)
 
     # ------------------------------------------------------------------ lifecycle
+    def busy(self) -> bool:
+        with self._idle:
+            return bool(self._inflight or self._pending_async)
+
     def drain(self, timeout: float) -> bool:
         """Stop admitting work and wait for in-flight invocations (clean shutdown)."""
         self._closed = True
