@@ -1,10 +1,11 @@
 """Hello Retail's trusted declassifiers: the only places where a label goes down.
 
 Loaded by the monitor, never inside a sandbox. Each callable gets the value about to leave and
-`info` (function, request_id, label, history, channel) and returns what may be released, or
-raises to refuse. They do not trust the function that produced the value: each checks which
-function is speaking and lets through only the fields and shapes that function is meant to
-release — a compromised handler can at most choose among the values a correct one could send.
+`info` (function, principal, request_id, label, history, channel) and returns what may be
+released, or raises to refuse. They do not trust the function that produced the value: each
+checks which function is speaking and lets through only the fields and shapes that function is
+meant to release — a compromised handler can at most choose among the values a correct one
+could send.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ AUTHORIZATION_FAILURES = frozenset({
 PRODUCT_FIELDS = frozenset({"brand", "name", "description", "category", "image", "updated",
                             "updatedBy"})
 
-# Who may release a product to the public. Enforced as soon as the monitor passes the
-# invoking principal in `info`; see README ("Product release").
+# Who may release a product to everybody: `info["principal"]` (the principal on whose behalf
+# the invocation runs) must be one of these; see README ("Product release").
 RELEASERS = frozenset({"owen"})
 
 
@@ -116,11 +117,17 @@ def _authorization(value: Mapping[str, Any]) -> dict[str, Any]:
 
 def _release(value: Mapping[str, Any], info: Mapping[str, Any]) -> dict[str, Any]:
     # The owner publishes a product: its catalog entry and price, nothing else. Only a read
-    # that started below owner reaches here (the guard), i.e. a release requested at public.
+    # that started below owner reaches here (the guard), i.e. a release requested at bottom,
+    # and only on behalf of a releaser. Invocations on behalf of nobody (stream deliveries,
+    # workflow tasks, label-only API calls) carry no principal and are refused.
     principal = info.get("principal")
-    _need(principal is None or principal in RELEASERS, "only the owner releases products")
+    _need(isinstance(principal, str) and principal in RELEASERS,
+          "only the owner releases products")
     product_id, item, price = value.get("id"), value.get("item"), value.get("price")
     _need(isinstance(product_id, str) and len(product_id) <= 200, "id")
+    if item is None:  # no such product: a releaser may learn that
+        _need(price is None, "a price without an item")
+        return {"id": product_id, "item": None, "price": None}
     _need(isinstance(item, Mapping) and set(item) <= PRODUCT_FIELDS, "item")
     _need(all(isinstance(v, str | int) and not isinstance(v, bool) and len(str(v)) <= 4000
               for v in item.values()), "item values")

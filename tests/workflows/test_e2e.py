@@ -1,8 +1,10 @@
 """Streams and workflows end to end through the real platform: confined functions, the
 monitor, the invoker and the faceted store in one SQLite file.
 
-The runtime does not route its Dispatcher calls to the engines yet, so the test wires them
-the way the runtime is meant to (see docs/streams-and-workflows.md, "Wiring").
+The runtime starts the engines itself and routes its Dispatcher calls to them (see
+docs/streams-and-workflows.md, "Wiring"); the tests use the runtime's own `rt.engines`. A
+second `Engines` over the same file would run a second stream scheduler and resume the same
+workflow executions twice.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 import pytest
 
 from trapeze import App
-from trapeze.runtime.streams import invoker_adapter
 from trapeze.runtime.workflows import Engines, stream_tail, workflow_describe, workflow_list
 
 APP = Path(__file__).parent / "e2e_app"
@@ -25,15 +26,8 @@ APP = Path(__file__).parent / "e2e_app"
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Engines, str]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('e2e') / 'app.db'}"
     with App.load(APP).start(store=url) as rt:
-        engines = Engines(url, rt.lattice, rt.manifest, invoker_adapter(rt.invoker, rt.lattice))
-        rt.invoker.stream_put = engines.stream_put
-        rt.invoker.workflow_start = engines.workflow_start
-        rt.invoker.task_complete = engines.task_complete
-        engines.start()
-        try:
-            yield rt, engines, url
-        finally:
-            engines.close()
+        assert rt.engines is not None and rt.invoker.engines is rt.engines
+        yield rt, rt.engines, url
 
 
 def test_stream_records_reach_the_consumer_at_their_own_label(

@@ -1,7 +1,8 @@
 """The owner's side of a product release: read an unreleased item and its price.
 
-Called synchronously by the ReleaseProduct task `delete`, which runs at public. It raises to
-owner to read; its reply reaches `delete` only through the `product_release` declassifier.
+Called synchronously by `release_api`, which runs at the bottom label. It raises to owner to
+read; its reply reaches `release_api` only through the `owner_replies` declassifier, which
+releases it only when the invoking principal is one of `policy.RELEASERS`.
 """
 
 from __future__ import annotations

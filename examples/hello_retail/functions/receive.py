@@ -8,6 +8,7 @@ short reply to the photographer (channel "response"), both declared in policy.py
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from functions.retail import ASSIGNMENTS, IMAGES, json_body, text_reply
@@ -46,8 +47,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return text_reply(200, "ServerError")
     if image.get("status") != 200:
         return text_reply(200, "ServerError")
+    body = image["body"]
+    # The store keeps bytes only as a whole value, so the image goes into the record as
+    # base64 text (as DynamoDB's JSON form carries binary attributes).
     kv.put(IMAGES, product_id, {
-        "Body": image["body"],
+        "Body": base64.b64encode(body if isinstance(body, bytes) else bytes(body)).decode(),
+        "BodyEncoding": "base64",
         "ContentType": content_type,
         "Metadata": {"from": photographer["phone"]},
     })

@@ -48,6 +48,10 @@ DATA_SCHEMAS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 # The event writer accepts these; product/image only ever comes from `report`.
 WRITER_SCHEMAS = frozenset(DATA_SCHEMAS) - {PRODUCT_IMAGE}
 
+# Where released products, prices and categories are written: the bottom of the lattice, the
+# label anonymous callers run at, so that everybody can browse them.
+RELEASE_LABEL = "bottom"
+
 ASSIGNMENTS_PER_REGISTRATION = 3
 REGISTRATION_TTL_S = 2 * 60 * 60
 
