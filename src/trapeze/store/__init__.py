@@ -1,6 +1,7 @@
 """The faceted store (DESIGN §5) and the plain IFC-off baseline, chosen by URL.
 
 >>> store = open_store("sqlite:///var/lib/app.db", lattice)
+>>> store = open_store("postgresql://app@db.internal:5432/trapeze", lattice)
 >>> store.put("orders", "o1", {"n": 1}, label="client:alice")
 True
 """
@@ -43,13 +44,15 @@ def _scheme(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
+_POSTGRES = ("postgresql", "postgres")
+
+
 def _unsupported(url: str, scheme: str) -> ConfigError:
-    if scheme in ("postgresql", "postgres"):
-        return ConfigError(
-            "postgresql:// store URLs are not yet supported; use sqlite:///path/app.db "
-            "(a PostgreSQL backend with the same semantics is planned)"
-        )
-    return ConfigError(f"unknown store URL scheme {scheme!r} in {url!r}; use sqlite:///PATH")
+    # Only the scheme is quoted: a URL of an unknown kind may still carry a password.
+    return ConfigError(
+        f"unknown store URL scheme {scheme!r}; use sqlite:///PATH or "
+        "postgresql://user@host:port/dbname"
+    )
 
 
 def open_store(url: str, lattice: Lattice) -> FacetedStore:
@@ -57,6 +60,11 @@ def open_store(url: str, lattice: Lattice) -> FacetedStore:
     scheme = _scheme(url)
     if scheme == "sqlite":
         return SqliteFacetedStore(parse_sqlite_url(url), lattice)
+    if scheme in _POSTGRES:
+        # Imported on demand: SQLite-only deployments need not have psycopg installed.
+        from trapeze.store.postgres import PostgresFacetedStore, parse_postgres_url
+
+        return PostgresFacetedStore(parse_postgres_url(url), lattice)
     raise _unsupported(url, scheme)
 
 
@@ -65,4 +73,8 @@ def open_plain_store(url: str) -> PlainStore:
     scheme = _scheme(url)
     if scheme == "sqlite":
         return SqlitePlainStore(parse_sqlite_url(url))
+    if scheme in _POSTGRES:
+        from trapeze.store.postgres import PostgresPlainStore, parse_postgres_url
+
+        return PostgresPlainStore(parse_postgres_url(url))
     raise _unsupported(url, scheme)
