@@ -143,7 +143,7 @@ def test_int80_32bit_entry_kills_process(sandbox: Sandbox) -> None:
     assert "SIGSYS" in (out.error or "")
 
 
-# --- signals: own PID namespace per child, Landlock signal scoping --------------------------
+# --- signals: Landlock signal scoping and the per-slot uid; a PID namespace with processes ---
 
 def _zygote_children(sb: Sandbox) -> list[int]:
     zpid = sb._proc.pid  # type: ignore[union-attr]
@@ -151,20 +151,52 @@ def _zygote_children(sb: Sandbox) -> list[int]:
         return [int(p) for p in fh.read().split()]
 
 
-def test_signals_to_zygote_monitor_and_siblings(sandbox: Sandbox) -> None:
+def _waiting_siblings(sb: Sandbox) -> list[int]:
     # Wait until only the waiting pre-forked siblings remain (earlier children reaped).
     end = time.monotonic() + 3
-    while len(_zygote_children(sandbox)) != sandbox.spec.prefork and time.monotonic() < end:
+    while len(_zygote_children(sb)) != sb.spec.prefork and time.monotonic() < end:
         time.sleep(0.02)
-    siblings = _zygote_children(sandbox)
-    assert len(siblings) == sandbox.spec.prefork
+    siblings = _zygote_children(sb)
+    assert len(siblings) == sb.spec.prefork
+    return siblings
+
+
+def test_signals_to_zygote_monitor_and_siblings(sandbox: Sandbox) -> None:
+    # No executables: the children share the zygote's PID namespace (threads only, so
+    # nothing of theirs can outlive them), and every kill() that names another process is
+    # refused: EPERM from Landlock's signal scoping (each child is its own Landlock domain)
+    # and, as root, from the per-slot uid; kill(-1) is refused by seccomp (EPERM).
+    assert not sandbox.pidns_per_child
+    siblings = _waiting_siblings(sandbox)
     targets = [os.getpid(), sandbox._proc.pid, *siblings]  # type: ignore[union-attr]
-    out = ok(sandbox, "signal_pids", pids=targets)
+    res = attack(sandbox, "signal_pids", pids=targets)
+    assert res.status == "ok", res
+    out = res.value
     for pid in targets:
-        assert out[str(pid)]["errno"] == errno.ESRCH, (pid, out)
-    assert out["self"] == 1  # it is the init of a namespace holding nothing else
-    assert all(pid_alive(p) for p in siblings)
+        if pid != res.pid:  # the sibling that served the invocation itself
+            assert out[str(pid)]["errno"] == EPERM, (pid, out)
+    assert out["-1"]["errno"] == EPERM, out
+    assert out["self"] == res.pid != 1
+    assert all(pid_alive(p) for p in siblings if p != res.pid)
     assert ok(sandbox, "tmp_works") == "fine"
+
+
+def test_signals_with_executables_own_pid_namespace() -> None:
+    # With executables, each child is the init of its own PID namespace: nothing outside
+    # it can even be named (ESRCH), and kill(-1) reaches nothing.
+    sb = make_sandbox(executables=("/bin/sleep",), prefork=2)
+    try:
+        assert sb.pidns_per_child
+        siblings = _waiting_siblings(sb)
+        targets = [os.getpid(), sb._proc.pid, *siblings]  # type: ignore[union-attr]
+        out = ok(sb, "signal_pids", pids=targets)
+        for pid in targets:
+            assert out[str(pid)]["errno"] == errno.ESRCH, (pid, out)
+        assert out["-1"]["errno"] == errno.ESRCH, out
+        assert out["self"] == 1
+        assert all(pid_alive(p) for p in siblings)
+    finally:
+        sb.close()
 
 
 # --- the protocol ---------------------------------------------------------------------------
@@ -308,8 +340,8 @@ def test_import_time_code_reaches_nothing() -> None:
         assert out.status == "ok", out
         found = out.value
         assert found["open_fds"] == [0, 1, 2, 3]
-        assert found["kill_all"]["errno"] == errno.ESRCH
-        assert found["kill_pid_2"]["errno"] == errno.ESRCH
+        assert found["kill_all"]["errno"] == EPERM  # seccomp: no negative pid
+        assert found["kill_pid_2"]["errno"] == EPERM  # Landlock scoping, per-slot uid
         assert found["proc"]["errno"] == EACCES
         assert found["dev_shm"]["errno"] == EACCES
         assert found["shared_tmp"]["errno"] == EACCES

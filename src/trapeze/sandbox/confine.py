@@ -1,8 +1,11 @@
-"""How a child confines itself, and the plan the zygote prepares for it once.
+"""How a child confines itself, and what the zygote prepares for it once.
 
 Trusted code. The zygote builds a `Plan` before it forks anything (paths resolved and
-checked, seccomp compiled to BPF, Landlock rights computed for the running ABI); a child
-applies it in `confine()` right after fork, while nothing untrusted has run in it yet.
+checked, seccomp compiled to BPF, Landlock rights computed for the running ABI, rlimits
+computed) and, per slot, a `Slot` (a mount namespace whose /tmp is the slot's own tmpfs, and
+a Landlock ruleset granting exactly that tmp). A child applies both in `confine()` right
+after fork, while nothing untrusted has run in it yet: a handful of syscalls, no path
+resolution, no ruleset building, no mount.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import os
 import resource
 import signal
 import sys
-import tempfile  # imported here, in the zygote, not in every child
 from dataclasses import dataclass, field
 
 from trapeze.sandbox import syscalls as sc
@@ -69,6 +71,23 @@ class Plan:
     seccomp: sc.SeccompProgram | None = None
     # (path, rights) pairs, resolved and checked to exist by the zygote.
     rules: list[tuple[str, int]] = field(default_factory=list)
+    # (resource, (soft, hard)) computed by the zygote against its own hard limits.
+    rlimits: list[tuple[int, tuple[int, int]]] = field(default_factory=list)
+    # A new PID namespace per child: needed when the child may create processes (see
+    # zygote.py), or where Landlock cannot scope signals.
+    pidns_per_child: bool = True
+    null_fd: int = -1  # /dev/null, opened once by the zygote
+
+
+@dataclass
+class Slot:
+    """One of the zygote's reusable execution slots; at most one child uses it at a time."""
+
+    index: int
+    uid: int
+    mntns_fd: int = -1  # the slot's mount namespace (its own tmpfs on /tmp)
+    ruleset_fd: int = -1  # Landlock ruleset: the plan's rules + rw on this slot's /tmp
+    watches: list[int] = field(default_factory=list)  # inotify wds on the tmp's directories
 
 
 def landlock_rules(plan_paths: list[str], executables: list[str], abi: int) -> list[
@@ -130,21 +149,120 @@ def elf_interpreter(path: str) -> str | None:
     return None
 
 
-def _set_rlimit(res: int, value: int) -> None:
-    soft, hard = resource.getrlimit(res)
+def _rlimit(res: int, value: int) -> tuple[int, tuple[int, int]]:
+    _soft, hard = resource.getrlimit(res)
     if hard != resource.RLIM_INFINITY:
         value = min(value, hard)
-    resource.setrlimit(res, (value, value))
+    return res, (value, value)
 
 
-def confine(plan: Plan, slot_uid: int, chan_fd: int, log_fd: int) -> None:
+def plan_rlimits(plan: Plan) -> list[tuple[int, tuple[int, int]]]:
+    """The child's rlimits, computed once in the zygote (hard limits only go down)."""
+    mib = 1024 * 1024
+    nproc = plan.max_threads if plan.mode == MODE_ROOT else plan.max_threads + 1024
+    return [
+        _rlimit(resource.RLIMIT_AS, plan.memory_mb * mib),
+        (resource.RLIMIT_CPU, (plan.cpu_s, plan.cpu_s + 1)),
+        _rlimit(resource.RLIMIT_FSIZE, plan.tmp_mb * mib),
+        _rlimit(resource.RLIMIT_NOFILE, plan.max_open_files),
+        _rlimit(resource.RLIMIT_CORE, 0),
+        _rlimit(resource.RLIMIT_MEMLOCK, 0),
+        _rlimit(resource.RLIMIT_MSGQUEUE, 0),
+        # Ignored for uid 0 and counted per uid: a per-slot uid makes it real (as root).
+        _rlimit(resource.RLIMIT_NPROC, nproc),
+    ]
+
+
+def make_slot(plan: Plan, index: int, uid: int, base_mntns: int, inotify_fd: int) -> Slot:
+    """Zygote side: a fresh mount namespace with a fresh tmpfs on /tmp, and its ruleset.
+
+    The namespace is a copy of the zygote's own (private propagation, the opened-up
+    interpreter tree, the empty network namespace is separate and shared). Readable roots that
+    lived under /tmp are bound back, read-only, at the same path. Each directory the zygote
+    creates in the tmpfs gets an inotify watch: the zygote replaces the slot's namespace after
+    any child that touched it (see zygote.py), so a fresh tmpfs is what every child sees.
+    """
+    slot = Slot(index, uid)
+    sc.unshare(sc.CLONE_NEWNS)
+    try:
+        # Held by descriptor: the tmpfs about to cover /tmp hides them.
+        under_tmp = [p for p, _ in plan.rules if p.startswith("/tmp/")]
+        held = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC)) for p in under_tmp]
+        opts = f"size={plan.tmp_mb}m,nr_inodes=4096,mode=0700"
+        if plan.mode == MODE_ROOT:
+            opts += f",uid={uid},gid={uid}"
+        sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, opts)
+        made = ["/tmp"]
+        for path, fd in held:
+            is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
+            parts = path.split("/")[2:]  # below /tmp
+            for i in range(1, len(parts)):
+                d = "/tmp/" + "/".join(parts[:i])
+                if not os.path.isdir(d):
+                    os.mkdir(d, 0o755)
+                    made.append(d)
+            if is_dir:
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        # Watches before the bind mounts, so that they name the tmpfs's own directories.
+        slot.watches = [sc.inotify_add_watch(inotify_fd, d, sc.IN_ALL_EVENTS | sc.IN_EXCL_UNLINK)
+                        for d in made]
+        for path, fd in held:
+            sc.mount(f"/proc/self/fd/{fd}", path, None, sc.MS_BIND | sc.MS_REC, None)
+            sc.mount(None, path, None,
+                     sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV, None)
+            os.close(fd)
+        slot.mntns_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        slot.ruleset_fd = _ruleset(plan)
+    finally:
+        sc.setns(base_mntns, sc.CLONE_NEWNS)
+    return slot
+
+
+def _ruleset(plan: Plan) -> int:
+    """A Landlock ruleset for one slot: the plan's rules plus full rights on its /tmp.
+
+    Built in the slot's mount namespace (the /tmp rule names that tmpfs's root inode). Each
+    child of the slot enforces it with landlock_restrict_self(), which makes a new domain per
+    child: siblings are in different domains, so signal and abstract-socket scoping separate
+    them. The ruleset itself is never changed after this.
+    """
+    abi = plan.landlock_abi
+    fs_all = fs_rights_for_abi(abi)
+    net = (sc.NET_BIND_TCP | sc.NET_CONNECT_TCP) if abi >= 4 else 0
+    scoped = (sc.SCOPE_ABSTRACT_UNIX_SOCKET | sc.SCOPE_SIGNAL) if abi >= 6 else 0
+    ruleset = sc.landlock_create_ruleset(fs_all, net, scoped, abi)
+    for path, rights in [*plan.rules, ("/tmp", fs_all)]:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            sc.landlock_add_path_rule(ruleset, fd, rights)
+        finally:
+            os.close(fd)
+    return ruleset
+
+
+def close_slot(slot: Slot, inotify_fd: int) -> None:
+    for wd in slot.watches:
+        try:
+            sc.inotify_rm_watch(inotify_fd, wd)
+        except OSError:
+            pass  # already gone with its tmpfs
+    for fd in (slot.mntns_fd, slot.ruleset_fd):
+        if fd >= 0:
+            os.close(fd)
+    slot.watches, slot.mntns_fd, slot.ruleset_fd = [], -1, -1
+
+
+def confine(plan: Plan, slot: Slot, chan_fd: int, log_fd: int) -> None:
     """Turn the freshly forked child into a confined one. Exits the process on failure.
 
     On return: fd 0 is /dev/null, 1 and 2 the log pipe, 3 the channel; nothing else is open;
-    /tmp is a private tmpfs; the uid, rlimits, Landlock domain and seccomp filter are set.
+    /tmp is the slot's private tmpfs; the uid, rlimits, Landlock domain and seccomp filter
+    are set.
     """
     try:
-        _confine(plan, slot_uid, chan_fd, log_fd)
+        _confine(plan, slot, chan_fd, log_fd)
     except BaseException as exc:  # a half-confined child must never run function code
         try:
             os.write(2, f"trapeze: confinement failed: {type(exc).__name__}: {exc}\n".encode())
@@ -152,101 +270,44 @@ def confine(plan: Plan, slot_uid: int, chan_fd: int, log_fd: int) -> None:
             os._exit(70)
 
 
-def _confine(plan: Plan, slot_uid: int, chan_fd: int, log_fd: int) -> None:
+def _confine(plan: Plan, slot: Slot, chan_fd: int, log_fd: int) -> None:
     # Its own session: a terminal or the zygote's process group never reaches it.
     os.setsid()
     # Descriptors: exactly stdin (/dev/null), stdout/stderr (log pipe), 3 (channel).
-    null = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(null, 0)
+    os.dup2(plan.null_fd, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.dup2(chan_fd, 3)
     os.set_inheritable(3, False)
-    os.closerange(4, 1 << 20)  # close_range(): the zygote's control socket, pidfds, ...
-    if plan.mode == MODE_NONE:
-        _finish_environment(plan, "/tmp")
-        return
-
-    # A private /tmp: a fresh size-limited tmpfs in a mount namespace of its own, so it is
-    # invisible to siblings and vanishes, whole, with the last process of the invocation.
-    sc.unshare(sc.CLONE_NEWNS)
-    # Readable paths under /tmp (an app dir made by a test, a venv) would vanish under the
-    # new tmpfs: hold them by descriptor and bind them back, read-only, at the same path.
-    under_tmp = [p for p, _ in plan.rules if p.startswith("/tmp/")]
-    held = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC)) for p in under_tmp]
-    tmp_opts = f"size={plan.tmp_mb}m,nr_inodes=4096,mode=0700"
-    if plan.mode == MODE_ROOT:
-        tmp_opts += f",uid={slot_uid},gid={slot_uid}"
-    sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, tmp_opts)
-    for path, fd in held:
-        if os.path.isdir(f"/proc/self/fd/{fd}"):
-            os.makedirs(path, exist_ok=True)
+    if plan.mode != MODE_NONE:
+        # The slot's mount namespace: its /tmp is this slot's tmpfs, fresh (the zygote
+        # replaces it after any child that touched it). Needs the capabilities dropped below.
+        sc.setns(slot.mntns_fd, sc.CLONE_NEWNS)
+        # rlimits before dropping privileges (hard limits can only go down afterwards).
+        for res, limits in plan.rlimits:
+            resource.setrlimit(res, limits)
+        if plan.mode == MODE_ROOT:
+            os.setgroups([])
+            os.setresgid(slot.uid, slot.uid, slot.uid)
+            os.setresuid(slot.uid, slot.uid, slot.uid)  # clears every capability
         else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-        sc.mount(f"/proc/self/fd/{fd}", path, None, sc.MS_BIND | sc.MS_REC, None)
-        sc.mount(None, path, None,
-                 sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV, None)
-        os.close(fd)
-
-    # Landlock ruleset (built here because a ruleset is a shared kernel object: rules a
-    # child added to a zygote-held ruleset would accumulate across all children).
-    abi = plan.landlock_abi
-    fs_all = fs_rights_for_abi(abi)
-    net = (sc.NET_BIND_TCP | sc.NET_CONNECT_TCP) if abi >= 4 else 0
-    scoped = (sc.SCOPE_ABSTRACT_UNIX_SOCKET | sc.SCOPE_SIGNAL) if abi >= 6 else 0
-    ruleset = sc.landlock_create_ruleset(fs_all, net, scoped, abi)
-    for path, rights in plan.rules:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        try:
-            sc.landlock_add_path_rule(ruleset, fd, rights)
-        finally:
-            os.close(fd)
-    tmp_fd = os.open("/tmp", os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
-    sc.landlock_add_path_rule(ruleset, tmp_fd, fs_all)
-    os.close(tmp_fd)
-
-    # rlimits before dropping privileges (hard limits can only go down afterwards).
-    _set_rlimit(resource.RLIMIT_AS, plan.memory_mb * 1024 * 1024)
-    resource.setrlimit(resource.RLIMIT_CPU, (plan.cpu_s, plan.cpu_s + 1))
-    _set_rlimit(resource.RLIMIT_FSIZE, plan.tmp_mb * 1024 * 1024)
-    _set_rlimit(resource.RLIMIT_NOFILE, plan.max_open_files)
-    _set_rlimit(resource.RLIMIT_CORE, 0)
-    _set_rlimit(resource.RLIMIT_MEMLOCK, 0)
-    _set_rlimit(resource.RLIMIT_MSGQUEUE, 0)
-
-    if plan.mode == MODE_ROOT:
-        # RLIMIT_NPROC is ignored for uid 0 and counts per uid: a per-slot uid makes it real.
-        _set_rlimit(resource.RLIMIT_NPROC, plan.max_threads)
-        os.setgroups([])
-        os.setresgid(slot_uid, slot_uid, slot_uid)
-        os.setresuid(slot_uid, slot_uid, slot_uid)  # clears every capability
-    else:
-        # Root of the zygote's user namespace: shed the namespace capabilities (mount,
-        # net admin on the empty netns...). no_new_privs keeps exec from regaining them.
-        _set_rlimit(resource.RLIMIT_NPROC, plan.max_threads + 1024)
-        sc.drop_all_capabilities()
-
-    # After the uid change, which clears it.
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-    # Not dumpable: /proc/<pid> files become root-owned, no ptrace attach by the same uid.
-    sc.prctl(sc.PR_SET_DUMPABLE, 0)
-    sc.landlock_restrict_self(ruleset)
-    os.close(ruleset)
-    assert plan.seccomp is not None
-    plan.seccomp.load()
-    _finish_environment(plan, "/tmp")
-
-
-def _finish_environment(plan: Plan, tmp: str) -> None:
-    os.environ.clear()
-    os.environ.update(plan.env)  # exactly the manifest's variables, nothing inherited
+            # Root of the zygote's user namespace: shed the namespace capabilities (mount,
+            # net admin on the empty netns...). no_new_privs keeps exec from regaining them.
+            sc.drop_all_capabilities()
+        # After the uid change, which clears it.
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        # Not dumpable: /proc/<pid> files become root-owned, no ptrace attach by the same uid.
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        sc.landlock_restrict_self(slot.ruleset_fd)
+    # close_range(): the zygote's control socket, every slot's namespace and ruleset, ...
+    os.closerange(4, 1 << 20)
+    if plan.mode != MODE_NONE:
+        assert plan.seccomp is not None
+        plan.seccomp.load()
+    # setns() moved the working directory to the namespace's root.
     os.chdir(plan.app_dir)
-    # Not via TMPDIR: the environment must hold only the manifest's variables.
-    tempfile.tempdir = tmp
-    if plan.app_dir not in sys.path:
-        sys.path.insert(0, plan.app_dir)
+    sys.path.insert(0, plan.app_dir)
     # numpy's legacy global generator was seeded in the zygote: every child would draw the
     # same numbers. (random reseeds itself at fork.)
     np_random = sys.modules.get("numpy.random")
@@ -254,4 +315,20 @@ def _finish_environment(plan: Plan, tmp: str) -> None:
         np_random.seed()
 
 
-__all__ = ["Plan", "confine", "landlock_rules"]
+def prepare_process(plan: Plan) -> None:
+    """Zygote side, once, after its preloads: what every child would otherwise redo.
+
+    The environment becomes exactly the manifest's variables (children inherit it as is),
+    and tempfile's directory is /tmp (not via TMPDIR, so that the environment holds only the
+    manifest's variables). The app directory is *not* put on the zygote's sys.path: an app
+    module shadowing a stdlib name would then run in the zygote on its next lazy import.
+    """
+    import tempfile
+
+    os.environ.clear()
+    os.environ.update(plan.env)
+    tempfile.tempdir = "/tmp"
+
+
+__all__ = ["Plan", "Slot", "close_slot", "confine", "landlock_rules", "make_slot",
+           "plan_rlimits", "prepare_process"]

@@ -1,11 +1,19 @@
-"""`Sandbox`: one function's zygote and its pre-forked, confined children (monitor side)."""
+"""`Sandbox`: one function's zygote and its pre-forked, confined children (monitor side).
+
+No thread of its own: the caller of `run()` reads the zygote's control socket itself (under a
+lock), so that taking a waiting child costs one non-blocking recvmsg in the caller's thread
+rather than a wake-up of a reader thread and a hand-over through a queue. The zygote keeps
+`prefork` children waiting by itself (it replaces each as it exits); `run()` asks for an extra
+child only when none is waiting, and for an exit status only when it needs a crash reason.
+"""
 
 from __future__ import annotations
 
+import array
 import itertools
 import logging
 import os
-import queue
+import select
 import signal
 import socket
 import subprocess
@@ -13,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +64,17 @@ def _block_base() -> int:
     return UID_REGION + ((os.getpid() % 256) * 64 + next(_uid_blocks) % 64) * UID_BLOCK
 
 
+FDS_SPACE = socket.CMSG_SPACE(8 * 4)  # up to 8 descriptors per control message
+
+
+def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return list(fds)
+
+
 @dataclass
 class _Child:
     cid: int
@@ -78,17 +98,6 @@ class _Child:
                 pass
 
 
-def _pid_of(pidfd: int) -> int | None:
-    try:
-        with open(f"/proc/self/fdinfo/{pidfd}") as fh:
-            for line in fh:
-                if line.startswith("Pid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 class Sandbox:
     def __init__(
         self,
@@ -108,14 +117,16 @@ class Sandbox:
         self.landlock_abi = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctrl: socket.socket | None = None
-        self._ready: queue.Queue[_Child | None] = queue.Queue()
-        self._send_lock = threading.Lock()
-        self._status_cv = threading.Condition()
+        # Everything below is guarded by _ctrl_lock (reading the control socket included).
+        self._ctrl_lock = threading.Lock()
+        self._ctrl_poll = select.poll()
+        self._ready: deque[_Child] = deque()
         self._statuses: dict[int, tuple[int, int, float]] = {}
-        self._wanted: set[int] = set()
+        self._asked: set[int] = set()
+        self._send_lock = threading.Lock()
         self._closed = False
         self._zygote_dead = False
-        self._reader: threading.Thread | None = None
+        self.pidns_per_child = True
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -175,36 +186,28 @@ class Sandbox:
             )
         self.mode = hello["mode"]
         self.landlock_abi = hello["landlock_abi"]
-        self._reader = threading.Thread(
-            target=self._read_control, name=f"trapeze-zygote-{self.spec.function}", daemon=True
-        )
-        self._reader.start()
+        self.pidns_per_child = bool(hello.get("pidns_per_child", True))
+        self._ctrl_poll.register(ours.fileno(), select.POLLIN)
         if self.spec.prefork:
-            self._send({"op": "spawn", "n": self.spec.prefork})
+            self._send({"op": "pool", "n": self.spec.prefork})
 
     def close(self) -> None:
         self._closed = True
         if self._ctrl is not None:
             try:
-                self._ctrl.shutdown(socket.SHUT_RDWR)
+                self._ctrl.shutdown(socket.SHUT_RDWR)  # wakes a run() waiting for a child
             except OSError:
                 pass
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait()
-        while True:
-            try:
-                child = self._ready.get_nowait()
-            except queue.Empty:
-                break
-            if child is not None:
+        with self._ctrl_lock:
+            while self._ready:
+                child = self._ready.popleft()
                 child.kill()
                 child.close()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        if self._ctrl is not None:
-            self._ctrl.close()
-        self._ready.put(None)  # wake any waiting run()
+            if self._ctrl is not None:
+                self._ctrl.close()  # descriptors still in flight are closed with it
 
     def __enter__(self) -> Sandbox:
         self.start()
@@ -220,55 +223,82 @@ class Sandbox:
         with self._send_lock:
             self._ctrl.send(msgpack.packb(msg, use_bin_type=True))
 
-    def _read_control(self) -> None:
+    def _pump(self, wait: float) -> None:
+        """Take in the zygote's messages; wait up to `wait` s for one. Holds _ctrl_lock."""
         assert self._ctrl is not None
-        try:
-            while True:
-                data, fds, _flags, _addr = socket.recv_fds(self._ctrl, 1 << 16, 8)
-                if not data:
-                    break
-                msg = msgpack.unpackb(data, raw=False)
-                if msg["t"] == "ready" and len(fds) == 3:
-                    chan = socket.socket(fileno=fds[0])
-                    child = _Child(msg["cid"], chan, fds[1], fds[2], _pid_of(fds[2]))
-                    with self._status_cv:
-                        self._wanted.add(child.cid)
-                    self._ready.put(child)
-                elif msg["t"] == "exit":
-                    with self._status_cv:
-                        if msg["cid"] in self._wanted:
-                            self._statuses[msg["cid"]] = (msg["code"], msg["signal"], msg["cpu"])
-                            self._status_cv.notify_all()
-                else:
-                    for fd in fds:
-                        os.close(fd)
-        except OSError:
-            pass
-        finally:
-            self._zygote_dead = True
-            self._ready.put(None)
-
-    def _take(self, deadline: float) -> _Child | None:
-        self._send({"op": "spawn", "n": 1})
+        if wait > 0 and not self._ctrl_poll.poll(max(1, int(wait * 1000))):
+            return
         while True:
             try:
-                child = self._ready.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
+                # Not socket.recv_fds(): Python 3.11's ignores its flags argument.
+                data, anc, _flags, _addr = self._ctrl.recvmsg(
+                    1 << 16, FDS_SPACE, socket.MSG_DONTWAIT
+                )
+                fds = _fds_of(anc)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                self._zygote_dead = True
+                return
+            msg = msgpack.unpackb(data, raw=False)
+            if msg["t"] == "ready" and len(fds) == 3:
+                chan = socket.socket(fileno=fds[0])
+                # Non-blocking once here rather than per invocation in converse().
+                chan.setblocking(False)
+                os.set_blocking(fds[1], False)
+                self._ready.append(_Child(msg["cid"], chan, fds[1], fds[2], msg.get("pid")))
+            else:
+                for fd in fds:
+                    os.close(fd)
+                if msg["t"] == "exit" and msg["cid"] in self._asked:
+                    self._statuses[msg["cid"]] = (msg["code"], msg["signal"], msg["cpu"])
+
+    # Slices in which a waiting caller holds _ctrl_lock, so that others get their turn.
+    WAIT_SLICE = 0.05
+
+    def _take(self, deadline: float) -> _Child | None:
+        requested = False
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._ctrl_lock.acquire(timeout=left):
                 return None
-            if child is None:
-                self._ready.put(None)  # keep waking the others
-                return None
-            return child
+            try:
+                if self._closed or self._ctrl is None:
+                    return None
+                self._pump(0)
+                if self._ready:
+                    return self._ready.popleft()
+                if self._zygote_dead:
+                    return None
+                if not requested:
+                    # None waiting: one extra child for us (the pool refills by itself).
+                    self._send({"op": "spawn", "n": 1})
+                    requested = True
+                self._pump(min(self.WAIT_SLICE, deadline - time.monotonic()))
+                if self._ready:
+                    return self._ready.popleft()
+            finally:
+                self._ctrl_lock.release()
 
     def _exit_status(self, cid: int, timeout: float) -> tuple[int, int, float] | None:
         end = time.monotonic() + timeout
-        with self._status_cv:
-            while cid not in self._statuses:
-                left = end - time.monotonic()
-                if left <= 0 or self._zygote_dead:
+        with self._ctrl_lock:
+            self._asked.add(cid)
+        self._send({"op": "status", "cid": cid})
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not self._ctrl_lock.acquire(timeout=left):
+                break
+            try:
+                if cid in self._statuses or self._zygote_dead or self._closed:
                     break
-                self._status_cv.wait(left)
-            self._wanted.discard(cid)
+                self._pump(min(self.WAIT_SLICE, end - time.monotonic()))
+            finally:
+                self._ctrl_lock.release()
+        with self._ctrl_lock:
+            self._asked.discard(cid)
             return self._statuses.pop(cid, None)
 
     # --- invocations ----------------------------------------------------------------------
@@ -299,7 +329,8 @@ class Sandbox:
                 self.spec.max_message_bytes, logbuf,
             )
             # Whatever the outcome, nothing of the invocation may outlive it: killing the
-            # child, the init of its PID namespace, takes its threads and processes along.
+            # child takes its threads along (and, when it may create processes, every
+            # process of its PID namespace, of which it is the init).
             child.kill()
             drain_log(child.log_fd, logbuf)
             outcome = Outcome(ex.status, value=ex.value, error=ex.error, pid=child.pid)
@@ -310,10 +341,6 @@ class Sandbox:
                 outcome.error = self._crash_reason(child.cid)
             elif ex.status == "protocol":
                 log.warning("function %s: %s; child killed", self.spec.function, ex.error)
-            if ex.status not in ("eof",):
-                with self._status_cv:
-                    self._wanted.discard(child.cid)
-                    self._statuses.pop(child.cid, None)
         finally:
             child.close()
         outcome.log = logbuf.text()
@@ -325,7 +352,11 @@ class Sandbox:
         if status is None:
             return "the function's process died (exit status unknown)"
         code, sig, cpu = status
-        if sig in (signal.SIGKILL, signal.SIGXCPU) and cpu >= self.spec.cpu_limit_s - 0.05:
+        # SIGXCPU is the soft limit itself (rusage can read a little under the limit
+        # when it arrives on this VM); SIGKILL with the CPU spent is the hard limit.
+        if sig == signal.SIGXCPU or (
+            sig == signal.SIGKILL and cpu >= self.spec.cpu_limit_s - 0.05
+        ):
             return (
                 f"the function's process was killed by {signal.Signals(sig).name}: it used "
                 f"{cpu:.2f} s of CPU, the limit is {self.spec.cpu_limit_s} s (RLIMIT_CPU)"

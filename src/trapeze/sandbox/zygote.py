@@ -8,12 +8,23 @@ talks to the monitor over a SOCK_SEQPACKET control socket (FD) and:
    with anything), and as a non-root user a user namespace that makes the rest possible;
 2. imports the guest runtime and `preload` modules - never the function's module (a zygote
    that ran untrusted module code could keep what it learns and hand it to later children);
-3. compiles the seccomp filter and the Landlock rule list once;
-4. on request forks children, each the init of a fresh PID namespace (so every process or
-   thread it creates dies with it), hands the monitor the child's channel, log pipe and
-   pidfd, and forgets them;
-5. reaps children and reports only their exit status to the monitor. It never reads from a
-   child, and a child has no descriptor leading to the zygote.
+3. compiles the seccomp filter, the Landlock rule list and the rlimits once, and prepares the
+   environment every child inherits;
+4. per slot (a uid, used by one child at a time), once: a mount namespace whose /tmp is the
+   slot's own tmpfs, and a Landlock ruleset granting exactly that tmp (confine.make_slot).
+   After a child is reaped its slot is reused only if its tmp shows no sign of use (inotify
+   on the tmp's directories, O_TMPFILE refused by seccomp); otherwise the namespace and the
+   ruleset are dropped and the next child of the slot gets fresh ones. So every child sees a
+   fresh, private tmpfs, as if it had mounted its own, without a mount per child;
+5. keeps `pool` children forked and confined ahead of demand (a replacement is forked when a
+   pool child exits, after its invocation, not while it runs), forks one-off extras on
+   request, and hands the monitor each child's channel, log pipe and pidfd, then forgets
+   them. A child is the init of a fresh PID namespace when it may create processes (declared
+   executables: the namespace takes every grandchild down with it) or where Landlock cannot
+   scope signals; otherwise seccomp lets it create threads only, which die with it;
+6. reaps children and keeps their exit status for the monitor, which asks for it when it
+   needs a crash reason. It never reads from a child, and a child has no descriptor
+   leading to the zygote.
 
 The zygote must stay single-threaded: fork() with another thread holding a lock deadlocks
 the child, and unshare(CLONE_NEWUSER) refuses multi-threaded callers.
@@ -24,6 +35,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -35,9 +47,21 @@ from typing import Any
 import msgpack
 
 from trapeze.sandbox import syscalls as sc
-from trapeze.sandbox.confine import MODE_NONE, MODE_ROOT, MODE_USERNS, Plan, confine
+from trapeze.sandbox.confine import (
+    MODE_NONE,
+    MODE_ROOT,
+    MODE_USERNS,
+    Plan,
+    Slot,
+    close_slot,
+    confine,
+    make_slot,
+    plan_rlimits,
+    prepare_process,
+)
 
 CONTROL_MAX = 1 << 20
+RECENT_STATUSES = 1024  # exit statuses kept for the monitor to ask about (crash reasons)
 
 
 class Fatal(Exception):
@@ -169,6 +193,7 @@ def _build_plan(cfg: dict[str, Any], mode: str, roots: list[str]) -> Plan:
         env=dict(cfg["env"]),
     )
     if mode == MODE_NONE:
+        plan.pidns_per_child = False  # no confinement at all in this mode
         return plan
     from trapeze.sandbox import seccomp_filter
     from trapeze.sandbox.confine import landlock_rules
@@ -182,13 +207,22 @@ def _build_plan(cfg: dict[str, Any], mode: str, roots: list[str]) -> Plan:
         plan.seccomp = sc.SeccompProgram(seccomp_filter.build_filter(bool(cfg["executables"])))
     except Exception as exc:
         raise Fatal("seccomp", f"cannot compile the seccomp filter: {exc}") from exc
+    plan.rlimits = plan_rlimits(plan)
+    # Without executables seccomp allows clone() for threads only: nothing but the child's
+    # own threads can exist, and they die with it, so a PID namespace per child (costly to
+    # create and tear down) adds nothing there - as long as Landlock scopes signals (ABI 6),
+    # which, with the per-slot uid as root, keeps kill() from reaching the zygote, the
+    # monitor or a sibling in the namespace the children then share.
+    plan.pidns_per_child = bool(cfg["executables"]) or (
+        mode == MODE_USERNS and plan.landlock_abi < 6
+    )
     return plan
 
 
-def _child(plan: Plan, uid: int, chan_fd: int, log_fd: int) -> None:
+def _child(plan: Plan, slot: Slot, chan_fd: int, log_fd: int) -> None:
     """Runs in the forked child; never returns."""
     try:
-        confine(plan, uid, chan_fd, log_fd)
+        confine(plan, slot, chan_fd, log_fd)
         # From here on, nothing in this process is trusted.
         from trapeze.guest import _runtime
 
@@ -228,10 +262,18 @@ def main() -> None:
         for name in cfg["preload"]:
             importlib.import_module(name)
         plan = _build_plan(cfg, mode, roots)
+        plan.null_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        prepare_process(plan)
+        # Each live slot holds two descriptors (namespace, ruleset).
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        self_pidns = base_mntns = inotify_fd = -1
         if mode != MODE_NONE:
             # setns() back to our own PID namespace before each unshare(CLONE_NEWPID): the
             # kernel only allows a new child namespace while pid_for_children is the active one.
             self_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            base_mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            inotify_fd = sc.inotify_init()
         threads = _thread_count()
         if threads != 1:
             raise Fatal("single-threaded zygote", f"{threads} threads after preload")
@@ -246,39 +288,72 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     _send(ctrl, {"t": "hello", "mode": mode, "landlock_abi": plan.landlock_abi,
-                 "pid": os.getpid()})
+                 "pid": os.getpid(), "pidns_per_child": plan.pidns_per_child})
 
     uid_base: int = cfg["uid_base"]
     free_slots = list(range(cfg["max_slots"] - 1, -1, -1))
-    children: dict[int, tuple[int, int]] = {}  # pidfd -> (cid, slot)
-    pids: dict[int, int] = {}  # pidfd -> pid
+    slots: dict[int, Slot] = {}  # index -> prepared slot (namespace, ruleset)
+    watch_owner: dict[int, int] = {}  # inotify wd -> slot index
+    dirty: set[int] = set()
+    # pidfd -> (cid, slot, pid, replace when it exits)
+    children: dict[int, tuple[int, int, int, bool]] = {}
+    recent: dict[int, tuple[int, int, float]] = {}  # cid -> (code, signal, cpu), bounded
+    asked: set[int] = set()  # cids the monitor asked about before they were reaped
     next_cid = 1
-    pending = 0
+    pending: list[bool] = []  # children to fork: replace-on-exit flag of each
+    pool = 0
     sel = selectors.DefaultSelector()
     sel.register(ctrl, selectors.EVENT_READ)
+
+    def note_events() -> None:
+        for wd, mask in sc.inotify_read(inotify_fd):
+            if mask & sc.IN_Q_OVERFLOW:
+                dirty.update(slots)  # events were lost: trust no slot
+            elif wd in watch_owner:
+                dirty.add(watch_owner[wd])
+
+    def get_slot(index: int) -> Slot:
+        slot = slots.get(index)
+        if slot is None:
+            slot = make_slot(plan, index, uid_base + index, base_mntns, inotify_fd)
+            note_events()
+            dirty.discard(index)  # the zygote's own setup, not a child's use
+            slots[index] = slot
+            for wd in slot.watches:
+                watch_owner[wd] = index
+        return slot
+
+    def report(cid: int, status: tuple[int, int, float]) -> None:
+        code, sig, cpu = status
+        _send(ctrl, {"t": "exit", "cid": cid, "code": code, "signal": sig, "cpu": cpu})
+
     while True:
         while pending and free_slots:
-            pending -= 1
-            slot = free_slots.pop()
+            replace = pending.pop()
+            index = free_slots.pop()
+            if mode == MODE_NONE:
+                slot = Slot(index, uid_base + index)
+            else:
+                slot = get_slot(index)
             cid = next_cid
             next_cid += 1
             parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             log_r, log_w = os.pipe2(os.O_CLOEXEC)
-            if mode != MODE_NONE:
+            if plan.pidns_per_child:
                 sc.setns(self_pidns, sc.CLONE_NEWPID)
                 sc.unshare(sc.CLONE_NEWPID)
             pid = os.fork()
             if pid == 0:
                 sel.close()
-                _child(plan, uid_base + slot, child_end.fileno(), log_w)
+                _child(plan, slot, child_end.fileno(), log_w)
             pidfd = os.pidfd_open(pid)
-            _send(ctrl, {"t": "ready", "cid": cid}, [parent_end.fileno(), log_r, pidfd])
+            _send(ctrl, {"t": "ready", "cid": cid, "pid": pid},
+                  [parent_end.fileno(), log_r, pidfd])
             parent_end.close()
             child_end.close()
             os.close(log_r)
             os.close(log_w)
-            children[pidfd] = (cid, slot)
-            pids[pidfd] = pid
+            children[pidfd] = (cid, index, pid, replace)
             sel.register(pidfd, selectors.EVENT_READ)
         for key, _ in sel.select():
             if key.fileobj is ctrl:
@@ -286,23 +361,56 @@ def main() -> None:
                 if not data:  # the monitor is gone or closed us: children die with us
                     os._exit(0)
                 msg = msgpack.unpackb(data, raw=False)
-                if msg.get("op") == "spawn":
-                    pending += int(msg["n"])
+                op = msg.get("op")
+                if op == "pool":
+                    # Grow to the new pool size now; shrink as pool children exit.
+                    grow = int(msg["n"]) - pool
+                    pool = int(msg["n"])
+                    pending.extend([True] * max(0, grow))
+                elif op == "spawn":
+                    pending.extend([False] * int(msg["n"]))
+                elif op == "status":
+                    cid = int(msg["cid"])
+                    if cid in recent:
+                        report(cid, recent.pop(cid))
+                    else:
+                        asked.add(cid)
                 continue
             pidfd = key.fd
             sel.unregister(pidfd)
-            cid, slot = children.pop(pidfd)
+            cid, index, pid, replace = children.pop(pidfd)
             # wait4 rather than waitid: its rusage tells a CPU-limit kill from others.
-            _, status, usage = os.wait4(pids.pop(pidfd), 0)
+            _, status, usage = os.wait4(pid, 0)
             os.close(pidfd)
             cpu = usage.ru_utime + usage.ru_stime
-            # Only the status goes to the monitor; the zygote keeps nothing of the child.
+            # Only the status goes to the monitor; the zygote keeps nothing else of the child.
             if os.WIFEXITED(status):
                 code, sig = os.WEXITSTATUS(status), 0
             else:
                 code, sig = -1, os.WTERMSIG(status)
-            _send(ctrl, {"t": "exit", "cid": cid, "code": code, "signal": sig, "cpu": cpu})
-            free_slots.append(slot)
+            if cid in asked:
+                asked.discard(cid)
+                report(cid, (code, sig, cpu))
+            else:
+                recent[cid] = (code, sig, cpu)
+                if len(recent) > RECENT_STATUSES:
+                    del recent[next(iter(recent))]
+            if mode != MODE_NONE:
+                # Every process of the child is gone (its threads with it; with a PID
+                # namespace, the kernel killed the rest before the init could be reaped):
+                # whatever it did to its tmp is in the inotify queue now.
+                note_events()
+                if index in dirty:
+                    dirty.discard(index)
+                    slot = slots.pop(index)
+                    for wd in slot.watches:
+                        watch_owner.pop(wd, None)
+                    close_slot(slot, inotify_fd)
+            free_slots.append(index)
+            # Replace a pool child after its invocation (not while it runs), unless the
+            # pool has shrunk since.
+            if replace and pool > sum(c[3] for c in children.values()) + pending.count(True):
+                pending.append(True)
 
 
 def _thread_count() -> int:

@@ -136,6 +136,9 @@ def int80(event):
 def signal_pids(event):
     out = {}
     for pid in event["pids"]:
+        if pid == os.getpid():  # the test lists every waiting child: this one served it
+            out[str(pid)] = "self"
+            continue
         out[str(pid)] = _caught(os.kill, pid, signal.SIGKILL)
     out["-1"] = _caught(os.kill, -1, signal.SIGKILL)
     out["self"] = os.getpid()
