@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.machinery
 import os
 import resource
 import selectors
@@ -42,6 +43,7 @@ import socket
 import stat
 import sys
 import traceback
+from types import CodeType
 from typing import Any
 
 import msgpack
@@ -219,6 +221,61 @@ def _build_plan(cfg: dict[str, Any], mode: str, roots: list[str]) -> Plan:
     return plan
 
 
+# Source compiled ahead by the zygote: at most this much of the app's top-level modules.
+PRECOMPILE_MAX_BYTES = 4 << 20
+
+
+class _PrecompiledLoader(importlib.machinery.SourceFileLoader):
+    """Hands a child the code object the zygote compiled from an app module's source.
+
+    A child cannot write bytecode caches (the app directory is read-only to it), so without
+    this every child would compile the function's module from source again (~1 ms for a
+    small one here). Compiling runs none of the module's code, so the zygote may do it:
+    what the zygote must never do is execute it. Used only while the file is unchanged.
+    """
+
+    codes: dict[str, tuple[int, int, CodeType]] = {}
+
+    def get_code(self, fullname: str) -> CodeType | None:
+        path = self.get_filename(fullname)
+        entry = self.codes.get(path)
+        if entry is not None:
+            st = os.stat(path)
+            if (st.st_mtime_ns, st.st_size) == entry[:2]:
+                return entry[2]
+        return super().get_code(fullname)
+
+
+def _precompile_app(app_dir: str) -> None:
+    """Compile the app's top-level modules and prepare the finder children will use for
+    app_dir. The app directory is *not* put on the zygote's own sys.path: an app module
+    shadowing a stdlib name must never be imported here."""
+    budget = PRECOMPILE_MAX_BYTES
+    for entry in sorted(os.scandir(app_dir), key=lambda e: e.name):
+        if not entry.name.endswith(".py") or not entry.is_file():
+            continue
+        st = entry.stat()
+        if st.st_size > budget:
+            continue
+        budget -= st.st_size
+        try:
+            with open(entry.path, "rb") as fh:
+                source = fh.read()
+            code = compile(source, entry.path, "exec", dont_inherit=True)
+        except (OSError, SyntaxError, ValueError):
+            continue  # the child's import reports it, in the invocation's log
+        _PrecompiledLoader.codes[entry.path] = (st.st_mtime_ns, st.st_size, code)
+    machinery = importlib.machinery
+    finder = machinery.FileFinder(
+        app_dir,
+        (machinery.ExtensionFileLoader, machinery.EXTENSION_SUFFIXES),
+        (_PrecompiledLoader, machinery.SOURCE_SUFFIXES),
+        (machinery.SourcelessFileLoader, machinery.BYTECODE_SUFFIXES),
+    )
+    finder.find_spec("__trapeze_fill_cache__")  # lists the directory once, here
+    sys.path_importer_cache[app_dir] = finder
+
+
 def _child(plan: Plan, slot: Slot, chan_fd: int, log_fd: int) -> None:
     """Runs in the forked child; never returns."""
     try:
@@ -264,6 +321,7 @@ def main() -> None:
         plan = _build_plan(cfg, mode, roots)
         plan.null_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         prepare_process(plan)
+        _precompile_app(plan.app_dir)
         # Each live slot holds two descriptors (namespace, ruleset).
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
