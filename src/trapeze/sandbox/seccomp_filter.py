@@ -48,7 +48,8 @@ _ALLOWED = (
     # memory
     "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "msync", "mincore",
     "get_mempolicy", "membarrier",
-    # signals (the PID namespace and Landlock scoping bound whom kill() can reach)
+    # signals (Landlock scoping, the slot uid and, with executables, the PID namespace bound
+    # whom they reach; kill() has its own rule below)
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait",
     "rt_sigsuspend", "sigaltstack", "tgkill", "tkill", "pause", "alarm",
     "setitimer", "getitimer", "timer_create", "timer_settime", "timer_gettime",
