@@ -335,6 +335,31 @@ def test_no_state_survives_into_next_invocation(sandbox: Sandbox) -> None:
                              "json_attr": None}
 
 
+def test_reused_slot_gets_a_fresh_tmp() -> None:
+    # One waiting child: each invocation's child runs in the slot the previous one used (the
+    # zygote reuses the last freed slot first), so the slot's tmpfs must have been replaced.
+    sb = make_sandbox(prefork=1)
+    try:
+        pids = set()
+        for secret in ("S1", "S2"):
+            time.sleep(0.5)  # the replacement child is waiting: no extra child, no new slot
+            first = sb.run({"attack": "leave_state", "secret": secret}, {}, FakeMonitor())
+            assert first.status == "ok", first
+            time.sleep(0.5)
+            out = sb.run({"attack": "look_for_state"}, {}, FakeMonitor())
+            assert out.status == "ok" and out.value["tmp"] == [], out
+            pids |= {first.pid, out.pid}
+        assert len(pids) == 4
+    finally:
+        sb.close()
+
+
+def test_unnamed_tmp_inode_refused(sandbox: Sandbox) -> None:
+    # O_TMPFILE would change the slot's tmpfs without any directory event: seccomp says EPERM.
+    out = ok(sandbox, "tmpfile")
+    assert out["errno"] == EPERM and out["fallback"] == "fine", out
+
+
 def test_import_time_code_reaches_nothing() -> None:
     sb = make_sandbox(handler="evil_import:handler", prefork=2)
     try:

@@ -242,6 +242,18 @@ def look_for_state(event):
     return found
 
 
+def tmpfile(event):
+    """An unnamed inode in tmp (no directory event), then tempfile's ordinary fallback."""
+    import tempfile
+
+    out = _caught(os.open, "/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)
+    with tempfile.TemporaryFile() as fh:
+        fh.write(b"fine")
+        fh.seek(0)
+        out["fallback"] = fh.read().decode()
+    return out
+
+
 def tmp_works(event):
     with open("/tmp/ok.txt", "w") as fh:
         fh.write("fine")
