@@ -1,0 +1,1 @@
+"""Property-based noninterference tests of the real platform (issue 7, docs/noninterference.md)."""

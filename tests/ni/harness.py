@@ -1,0 +1,387 @@
+"""Runs generated cases on the real platform: two running apps (worlds A and B), each with its
+own store, its own local HTTP server and SMTP server, and confined function slots whose code
+is rewritten for every run.
+
+Why rewriting works: the manifest sets `prefork = 0`, so a child is forked (and imports the
+function's module) only when an invocation takes it, i.e. after the harness wrote the file.
+Every module checks a per-run token in its event and logs STALE-MODULE otherwise, which the
+harness turns into a hard error, so a stale child can never pass silently.
+"""
+
+from __future__ import annotations
+
+import email
+import itertools
+import re
+import shutil
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from ni.lang import (
+    CHANNELS,
+    KEYS,
+    SLOTS,
+    TABLES,
+    TIMEOUTS,
+    Case,
+    compile_program,
+    flows,
+    table_name,
+)
+from ni.trace import Trace, Window, request_event_x, seed_value
+from trapeze import App
+
+QUIESCE_TIMEOUT_S = 30.0
+_RUN_IDS = itertools.count(1)
+
+# Everything the platform did in world A during the property runs, for the coverage report.
+COVERAGE: Counter[str] = Counter()
+
+
+class HarnessError(RuntimeError):
+    """The harness itself failed (not a noninterference violation)."""
+
+
+_HEX_ID = re.compile(r"[0-9a-f]{12,}")
+_APP_PATH = re.compile(r"\S*/app[AB]\b")
+
+
+def normalise_text(text: str | None) -> str:
+    """Drop what differs between worlds without being secret: ids and the app's path."""
+    if not text:
+        return ""
+    return _APP_PATH.sub("<app>", _HEX_ID.sub("<id>", text))
+
+
+# ------------------------------------------------------------------------- output servers
+class _Web(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length).decode(errors="replace")
+        self.server.record(self.path, body)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class WebServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Web)
+        self.received: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def record(self, path: str, body: str) -> None:
+        prefix, _, rest = path.lstrip("/").partition("/")
+        channel = {"low": "web_low", "mida": "web_mida"}.get(prefix, f"?{prefix}")
+        with self.lock:
+            self.received.append((channel, rest, body))
+
+    def take(self) -> list[tuple[str, str, str]]:
+        with self.lock:
+            out, self.received = self.received, []
+        return out
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Inbox:
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        msg = email.message_from_bytes(envelope.original_content or envelope.content)
+        body = msg.get_payload(decode=True) if not msg.is_multipart() else b""
+        channel = str(envelope.mail_from).split("@", 1)[0]
+        with self.lock:
+            self.received.append((channel, str(msg["Subject"]),
+                                  (body or b"").decode(errors="replace").strip()))
+        return "250 OK"
+
+    def take(self) -> list[tuple[str, str, str]]:
+        with self.lock:
+            out, self.received = self.received, []
+        return out
+
+
+def _free_port() -> int:
+    # aiosmtpd probes the port it is given, so it cannot bind port 0 itself.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ----------------------------------------------------------------------------- manifest
+def manifest(name: str, web_port: int, smtp_port: int) -> str:
+    out = [
+        "[app]",
+        f'name = "ni-{name}"',
+        "",
+        "[labels]",
+        'bottom = ["low"]',
+        'low = ["mid:*"]',
+        '"mid:*" = ["high"]',
+        'high = ["top"]',
+        "",
+    ]
+    for cname, kind, bound in CHANNELS:
+        out += [f"[channels.{cname}]", f'kind = "{kind}"', f'bound = "{bound}"', "timeout = 5"]
+        if kind == "http":
+            prefix = {"web_low": "low", "web_mida": "mida"}[cname]
+            out.append(f'url_prefixes = ["http://127.0.0.1:{web_port}/{prefix}/"]')
+        else:
+            out += ['host = "127.0.0.1"', f"port = {smtp_port}", f'sender = "{cname}@ni.test"']
+        out.append("")
+    for slot in SLOTS:
+        out += [
+            f"[functions.{slot}]",
+            f'handler = "functions/{slot}.py:handler"',
+            f"timeout = {TIMEOUTS[slot]}",
+            # no pre-forked children: a child imports the module only when it is taken
+            "prefork = 0",
+            "retries = 1",
+            "concurrency = 32",
+            f'env = {{ NI_WEB = "http://127.0.0.1:{web_port}/" }}',
+            "",
+        ]
+    out += ["[limits]", "concurrency = 128", "queue = 256", ""]
+    return "\n".join(out)
+
+
+# -------------------------------------------------------------------------------- worlds
+class World:
+    """One running app with its own store and output servers."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.app_dir = root / f"app{name}"  # same length for A and B: see nilib.sanitize
+        shutil.rmtree(self.app_dir, ignore_errors=True)
+        (self.app_dir / "functions").mkdir(parents=True)
+        self.web = WebServer()
+        self.inbox = _Inbox()
+        self.smtp = Controller(self.inbox, hostname="127.0.0.1", port=_free_port())
+        self.smtp.start()
+        (self.app_dir / "trapeze.toml").write_text(
+            manifest(name, self.web.server_address[1], self.smtp.port))
+        for slot in SLOTS:
+            (self.app_dir / "functions" / f"{slot}.py").write_text(
+                "def handler(event, context):\n    return None\n")
+        self.rt = App.load(self.app_dir).start(store=f"sqlite:///{root / f'store{name}.db'}")
+        self._pending_async = 0
+        self._lock = threading.Lock()
+        self._audit_mark = 0
+        self._log_mark = 0
+        self.counting = False
+        self._instrument()
+
+    # -- instrumentation (harness-side wrappers on *instances*, calling the class methods
+    # dynamically so that mutations patched onto the classes still take effect)
+    def _instrument(self) -> None:
+        invoker, monitor = self.rt.invoker, self.rt.monitor
+        assert invoker is not None
+        cls = type(invoker)
+
+        def invoke_async(parent: Any, function: str, event: Any, label: str) -> str:
+            with self._lock:
+                self._pending_async += 1
+            try:
+                return cls.invoke_async(invoker, parent, function, event, label)
+            except BaseException:
+                with self._lock:
+                    self._pending_async -= 1
+                raise
+
+        def run_with_retries(*args: Any) -> None:
+            try:
+                cls._run_with_retries(invoker, *args)
+            finally:
+                with self._lock:
+                    self._pending_async -= 1
+
+        def reply(inv: Any, outcome: Any) -> Any:
+            result = cls._reply(invoker, inv, outcome)
+            if self.counting:
+                kind = {"ok": "returned", "error": "raised", "timeout": "timed out",
+                        "crash": "crashed"}.get(outcome.status, outcome.status)
+                COVERAGE[f"outcome: {kind}"] += 1
+                if result.status == "withheld":
+                    COVERAGE["outcome: withheld reply"] += 1
+                how = ("async" if inv.response_bound == "top" and inv.parent
+                       else "sync-nested" if inv.parent else "top-level")
+                COVERAGE[f"invocation: {how}"] += 1
+            return result
+
+        mcls = type(monitor)
+
+        def handle(inv: Any, op: str, args: Any) -> Any:
+            if self.counting:
+                COVERAGE[f"op: {op}"] += 1
+            try:
+                return mcls.handle(monitor, inv, op, args)
+            except Exception as e:
+                if self.counting:
+                    COVERAGE[f"op error: {op} -> {type(e).__name__}"] += 1
+                raise
+
+        invoker.invoke_async = invoke_async  # type: ignore[method-assign]
+        invoker._run_with_retries = run_with_retries  # type: ignore[method-assign]
+        invoker._reply = reply  # type: ignore[method-assign]
+        monitor.handle = handle  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        self.rt.close(drain_timeout=10)
+        self.web.close()
+        self.smtp.stop()
+
+    # -- running
+    def load(self, case: Case, gen: str) -> None:
+        for slot in SLOTS:
+            path = self.app_dir / "functions" / f"{slot}.py"
+            path.write_text(compile_program(case.programs[slot], gen))
+        shutil.rmtree(self.app_dir / "functions" / "__pycache__", ignore_errors=True)
+
+    def quiesce(self) -> None:
+        invoker = self.rt.invoker
+        assert invoker is not None
+        deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+        calm = 0
+        while calm < 3:  # idle on three consecutive polls: nothing is between two steps
+            with self._lock:
+                idle = self._pending_async == 0 and invoker._inflight == 0
+            calm = calm + 1 if idle else 0
+            if time.monotonic() > deadline:
+                raise HarnessError(f"world {self.name} did not quiesce")
+            time.sleep(0.01)
+
+    def window(self) -> Window:
+        """What happened since the previous window (all labels; projection comes later)."""
+        w = Window()
+        w.outputs = self.web.take() + self.inbox.take()
+        for r in self.rt.system.logs(visible=lambda _label: True):
+            if r.seq > self._log_mark:
+                self._log_mark = r.seq
+                if "STALE-MODULE" in r.text:
+                    raise HarnessError("a child ran an older version of a generated module")
+                w.logs.append((r.function, r.label, normalise_text(r.text)))
+        for a in self.rt.system.audit():
+            if a.seq > self._audit_mark:
+                self._audit_mark = a.seq
+                detail = tuple(sorted((k, normalise_text(str(v))) for k, v in a.detail.items()))
+                w.audit.append((a.kind, a.function, a.label, detail))
+        return w
+
+    def run(self, case: Case, gen: str, *, observers: tuple[str, ...] = ()) -> Trace:
+        self.load(case, gen)
+        ns = {t: table_name(gen, t) for t in TABLES}
+        for s in case.seed:
+            self.rt.view(s.label).put(ns[s.t], s.k, seed_value(case, s, self.name))
+        self.quiesce()
+        self.window()  # start from a clean window
+        trace = Trace()
+        background: list[Any] = []
+        pool = ThreadPoolExecutor(max_workers=4) if case.concurrent else None
+        try:
+            for req in case.requests:
+                event = {"x": request_event_x(case, req, self.name), "gen": gen}
+                if pool is not None and not flows(req.label, case.observer):
+                    # Requests the observer cannot see run concurrently with everything.
+                    background.append(pool.submit(self.rt.invoke, req.slot, event,
+                                                  as_label=req.label))
+                    trace.responses.append((req.label, "background", None, ""))
+                    trace.windows.append(Window())
+                    continue
+                res = self.rt.invoke(req.slot, event, as_label=req.label)
+                self.quiesce()
+                trace.responses.append((req.label, res.status, res.value,
+                                        normalise_text(res.error)))
+                trace.windows.append(self.window())
+            for f in background:
+                f.result(timeout=QUIESCE_TIMEOUT_S)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self.quiesce()
+        if trace.windows:
+            last = self.window()
+            trace.windows[-1].outputs += last.outputs
+            trace.windows[-1].logs += last.logs
+            trace.windows[-1].audit += last.audit
+        for t in TABLES:
+            for k in KEYS:
+                trace.raw[(t, k)] = [(lab, None if tomb else v, tomb)
+                                     for _seq, lab, v, tomb in
+                                     self.rt.store.raw_facets(ns[t], k)]
+        for obs in observers:
+            trace.views[obs] = self.view(obs, ns)
+        return trace
+
+    def view(self, obs: str, ns: dict[str, str]) -> dict[str, Any]:
+        """The store as the platform's own API shows it at `obs`."""
+        v = self.rt.view(obs)
+        gets, facets = {}, {}
+        scans: dict[str, list[tuple[str, Any]]] = {}
+        for t in TABLES:
+            for k in KEYS:
+                gets[(t, k)] = v.get(ns[t], k)
+                facets[(t, k)] = [tuple(f) for f in v.facets(ns[t], k)]
+            rows = [tuple(r) for r in v.scan(ns[t], limit=1000)]
+            if rows:
+                scans[t] = rows
+        return {"get": gets, "facets": facets, "scan": scans}
+
+
+class Worlds:
+    def __init__(self, root: Path) -> None:
+        self.a = World(root, "A")
+        self.b = World(root, "B")
+        self._pool = ThreadPoolExecutor(max_workers=2)
+
+    def run(self, case: Case) -> tuple[Trace, Trace]:
+        """The same case in both worlds, in parallel (they share nothing but the CPU)."""
+        gen = f"g{next(_RUN_IDS)}"
+        obs = (case.observer,)
+        fa = self._pool.submit(self.a.run, case, gen, observers=obs)
+        fb = self._pool.submit(self.b.run, case, gen, observers=obs)
+        return fa.result(), fb.result()
+
+    def run_one(self, case: Case) -> Trace:
+        gen = f"g{next(_RUN_IDS)}"
+        return self.a.run(case, gen, observers=(case.observer,))
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        self.a.counting = True
+        try:
+            yield
+        finally:
+            self.a.counting = False
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        self.a.close()
+        self.b.close()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.monotonic()
+    return fn(), time.monotonic() - t0

@@ -1,0 +1,215 @@
+"""A catalogue of deliberately broken monitors and stores (issue 7, §4).
+
+Each mutation patches a trusted class *in the test process* (the store and the monitor run
+there; the confined children only talk to them), for the duration of a `with` block. The
+property suite must catch every one: tests/ni/test_mutations.py checks that it does.
+
+Some mutations are confidentiality bugs, caught by the noninterference property; others break
+the store's semantics without leaking (the observer never sees the facets involved), and are
+caught by the differential test against the reference interpreter. `expected` says which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+from ni.lang import LABELS
+from trapeze.errors import FlowError
+from trapeze.monitor.monitor import Monitor
+from trapeze.runtime.invoker import Invoker
+from trapeze.store import sqlite as sqlite_store
+from trapeze.store.base import MISSING
+from trapeze.store.sqlite import SqliteFacetedStore
+from trapeze.store.values import encode_value
+
+_get = SqliteFacetedStore.get
+_facets = SqliteFacetedStore.facets
+_scan = SqliteFacetedStore.scan
+_delete = SqliteFacetedStore.delete
+_raise_label = Monitor.raise_label
+_check_output = Monitor.check_output
+_reply = Invoker._reply
+
+Patches = dict[tuple[type, str], Callable[..., Any]]
+
+
+# -------------------------------------------------------------------------------- store
+def _read_ignores_labels() -> Patches:
+    def get(self: SqliteFacetedStore, table: str, key: str, *, label: str) -> Any:
+        return _get(self, table, key, label=self.lattice.top)
+
+    def facets(self: SqliteFacetedStore, table: str, key: str, *, label: str) -> Any:
+        return _facets(self, table, key, label=self.lattice.top)
+
+    def scan(self: SqliteFacetedStore, table: str, *, label: str, **kw: Any) -> Any:
+        return _scan(self, table, label=self.lattice.top, **kw)
+
+    return {(SqliteFacetedStore, "get"): get, (SqliteFacetedStore, "facets"): facets,
+            (SqliteFacetedStore, "scan"): scan}
+
+
+_NO_SUCH_LABEL = "zz-no-such-label"  # flows nowhere, so the write-rule trigger removes nothing
+
+
+def _write_keeps_higher() -> Patches:
+    def put_seq(self: SqliteFacetedStore, table: str, key: str, value: Any, *, label: str,
+                expect: object = MISSING, tombstone: bool = False) -> int | None:
+        self.lattice.check(label)
+        stored = None if tombstone else encode_value(value)
+        conn = self._conns.get()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if expect is not MISSING and _get(self, table, key, label=label) != expect:
+                conn.execute("ROLLBACK")
+                return None
+            seq = int(conn.execute(sqlite_store._F_PUT,
+                                   (table, key, _NO_SUCH_LABEL, stored)).fetchall()[0][0])
+            # Only a facet at exactly the same label is replaced; higher ones survive.
+            conn.execute("DELETE FROM facets WHERE tbl = ? AND key = ? AND label = ? AND seq < ?",
+                         (table, key, label, seq))
+            conn.execute("UPDATE facets SET label = ? WHERE tbl = ? AND key = ? AND seq = ?",
+                         (label, table, key, seq))
+            conn.execute("COMMIT")
+            return seq
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    return {(SqliteFacetedStore, "put_seq"): put_seq}
+
+
+def _get_highest_label() -> Patches:
+    def get(self: SqliteFacetedStore, table: str, key: str, *, label: str) -> Any:
+        facets = self.raw_facets(table, key)  # (seq, label, value, is_tombstone), newest first
+        if not facets:
+            return None
+
+        def height(lab: str) -> int:
+            return sum(1 for other in LABELS if self.lattice.flows(other, lab))
+
+        best = max(facets, key=lambda f: (height(f[1]), f[0]))
+        return None if best[3] else best[2]
+
+    return {(SqliteFacetedStore, "get"): get}
+
+
+def _delete_removes_lower() -> Patches:
+    def delete(self: SqliteFacetedStore, table: str, key: str, *, label: str) -> None:
+        self._conns.get().execute("DELETE FROM facets WHERE tbl = ? AND key = ?", (table, key))
+        _delete(self, table, key, label=label)
+
+    return {(SqliteFacetedStore, "delete"): delete}
+
+
+# ------------------------------------------------------------------------------ monitor
+def _raise_lowers() -> Patches:
+    def raise_label(self: Monitor, inv: Any, new: str) -> str:
+        new = self.check_label(new)
+        with inv.lock:
+            if new == inv.label:
+                return new
+            inv.history.append(inv.label)
+            inv.label = new  # no `current ⊑ new` check
+            fire = not inv.withheld and not self.lattice.flows(new, inv.response_bound)
+            inv.withheld = inv.withheld or fire
+        if fire and inv.on_withheld is not None:
+            inv.on_withheld(inv)
+        return new
+
+    return {(Monitor, "raise_label"): raise_label}
+
+
+def _no_early_withheld(self: Monitor, inv: Any, new: str) -> str:
+    hook, inv.on_withheld = inv.on_withheld, None
+    try:
+        return _raise_label(self, inv, new)
+    finally:
+        inv.on_withheld = hook
+
+
+def _response_after_raise() -> Patches:
+    def reply(self: Invoker, inv: Any, outcome: Any) -> Any:
+        bound, inv.response_bound = inv.response_bound, inv.label  # "it may go out"
+        try:
+            return _reply(self, inv, outcome)
+        finally:
+            inv.response_bound = bound
+
+    return {(Monitor, "raise_label"): _no_early_withheld, (Invoker, "_reply"): reply}
+
+
+def _refused_text_leaks() -> Patches:
+    def reply(self: Invoker, inv: Any, outcome: Any) -> Any:
+        result = _reply(self, inv, outcome)
+        if result.status != "withheld":
+            return result
+        first = (outcome.error or "").split("\n", 1)[0]
+        return dataclasses.replace(
+            result, error=f"{result.error} (refused: {outcome.status} {outcome.value!r} {first})")
+
+    def check_output(self: Monitor, inv: Any, channel: Any, payload: Any) -> Any:
+        try:
+            return _check_output(self, inv, channel, payload)
+        except FlowError as e:
+            raise FlowError(f"{e}: {payload!r}") from None
+
+    return {(Monitor, "raise_label"): _no_early_withheld, (Invoker, "_reply"): reply,
+            (Monitor, "check_output"): check_output}
+
+
+def _bound_check_skipped() -> Patches:
+    def check_output(self: Monitor, inv: Any, channel: Any, payload: Any) -> Any:
+        return payload
+
+    return {(Monitor, "check_output"): check_output}
+
+
+def _async_lower_label() -> Patches:
+    def target_label(self: Monitor, inv: Any, args: Any) -> str:
+        return inv.history[0] if inv.history else inv.label  # the label it *started* at
+
+    return {(Monitor, "_target_label"): target_label}
+
+
+# ----------------------------------------------------------------------------- catalogue
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    description: str
+    patches: Callable[[], Patches]
+    expected: str  # "noninterference" or "differential": the check that must catch it
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            for (cls, attr), fn in self.patches().items():
+                stack.enter_context(mock.patch.object(cls, attr, fn))
+            yield
+
+
+CATALOGUE = (
+    Mutation("read_ignores_labels", "get/facets/scan read at top, whatever the caller's label",
+             _read_ignores_labels, "noninterference"),
+    Mutation("write_keeps_higher", "put does not remove the facets above the writer's label",
+             _write_keeps_higher, "differential"),
+    Mutation("get_highest_label", "get returns the highest-label facet, not the newest visible",
+             _get_highest_label, "noninterference"),
+    Mutation("delete_removes_lower", "delete removes every facet, also those below the deleter",
+             _delete_removes_lower, "noninterference"),
+    Mutation("raise_lowers", "raise_label accepts any label, also a lower one",
+             _raise_lowers, "noninterference"),
+    Mutation("response_after_raise", "no withheld reply: the response goes out after a raise",
+             _response_after_raise, "noninterference"),
+    Mutation("refused_text_leaks", "the refused output travels in the error text (withheld "
+             "reply, FlowError)", _refused_text_leaks, "noninterference"),
+    Mutation("bound_check_skipped", "channel outputs are never checked against the bound",
+             _bound_check_skipped, "noninterference"),
+    Mutation("async_lower_label", "async invoke runs at the label the caller started at",
+             _async_lower_label, "noninterference"),
+)

@@ -1,0 +1,60 @@
+"""TSNI of the real platform, tested à la "Testing Noninterference, Quickly" (Hritcu et al.).
+
+Each example: random guest programs in four confined function slots, an initial store, a list
+of requests at various labels and an observer label `l`. World B's store differs from world
+A's only in facets above `l`, and requests from above `l` carry different events. Both worlds
+run the same requests (those above `l` concurrently with the rest in half of the examples);
+everything observable at `l` must be equal. Sequential runs are also checked against the
+reference interpreter (the differential test, see test_differential.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import given, settings
+
+from ni.conftest import _common, ni_examples
+from ni.harness import COVERAGE, Worlds
+from ni.lang import Case, cases
+from ni.properties import check_case
+
+
+@settings(max_examples=ni_examples(), **_common)
+@given(case=cases())
+def test_noninterference(worlds: Worlds, case: Case) -> None:
+    with worlds.counting():
+        check_case(worlds, case)
+
+
+# Every operation and every outcome must have happened during the property runs above, or
+# the search was trivial. (Runs after test_noninterference: pytest keeps file order.)
+REQUIRED = [
+    "op: kv.get", "op: kv.put", "op: kv.delete", "op: kv.scan", "op: kv.facets",
+    "op: label.raise", "op: label.current", "op: functions.invoke",
+    "op: functions.invoke_async", "op: http.request", "op: channel.send",
+    "op error: label.raise -> FlowError", "op error: http.request -> FlowError",
+    "op error: channel.send -> FlowError", "op error: functions.invoke -> InvocationError",
+    "outcome: returned", "outcome: raised", "outcome: timed out", "outcome: crashed",
+    "outcome: withheld reply",
+    "invocation: top-level", "invocation: sync-nested", "invocation: async",
+]
+
+
+def coverage_report() -> str:
+    lines = ["| what the platform did (world A, all examples) | count |", "|---|---:|"]
+    for key, n in sorted(COVERAGE.items()):
+        lines.append(f"| {key} | {n} |")
+    return "\n".join(lines)
+
+
+def test_coverage_of_the_search() -> None:
+    report = coverage_report()
+    print("\n" + report)
+    if path := os.environ.get("TRAPEZE_NI_REPORT"):
+        Path(path).write_text(report + "\n")
+    if not COVERAGE:
+        return  # the property test was deselected
+    missing = [key for key in REQUIRED if COVERAGE[key] == 0]
+    assert not missing, f"the generator never exercised: {missing}\n{report}"

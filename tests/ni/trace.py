@@ -1,0 +1,140 @@
+"""What a run produces, and what of it an observer at label l may see.
+
+A `Trace` is recorded in the same shape from the real platform (harness) and from the
+reference interpreter. Everything in it is already normalised: request ids, timestamps and
+sequence numbers are dropped (they differ between worlds without being secret), and each
+request's window holds what happened between its start and the platform's quiescence.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ni.lang import CHANNEL_BOUND, LABELS, Case, Request, SeedPut, flows
+
+# (function, label, text); (kind, function, label[, detail]); (channel, subject/path, body)
+Log = tuple[str, str, str]
+Audit = tuple[Any, ...]
+Output = tuple[str, str, str]
+
+
+@dataclass
+class Window:
+    outputs: list[Output] = field(default_factory=list)
+    logs: list[Log] = field(default_factory=list)
+    audit: list[Audit] = field(default_factory=list)
+
+
+@dataclass
+class Trace:
+    # (request label, status, value, error) per request, in request order
+    responses: list[tuple[str, str, Any, str]] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+    # (table, key) -> [(label, value, is_tombstone)] newest first (the whole store)
+    raw: dict[tuple[str, str], list[tuple[str, Any, bool]]] = field(default_factory=dict)
+    # observer label -> its view of the store (filled by the harness only)
+    views: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_value(case: Case, s: SeedPut, world: str) -> int:
+    """World B differs from A only in facets above the observer."""
+    return s.value if world == "A" or flows(s.label, case.observer) else s.value_b
+
+
+def request_event_x(case: Case, r: Request, world: str) -> int:
+    """Requests from above the observer may carry different data in the two worlds."""
+    return r.x if world == "A" or flows(r.label, case.observer) else r.x_b
+
+
+def _sorted(items: list[Any]) -> list[Any]:
+    # Within one window, async work and detached continuations interleave freely, so a
+    # window is compared as a multiset.
+    return sorted(items, key=repr)
+
+
+def project(trace: Trace, case: Case, l: str,  # noqa: E741 - the paper's name
+            *, detail: bool = True) -> dict[str, Any]:
+    """The observations at `l` (DESIGN §2): replies to requests at labels ⊑ l, channel
+    outputs with bounds ⊑ l, logs and audit entries at labels ⊑ l, and the store's
+    l-projection."""
+    responses = [
+        (i, status, value, error if detail else error_kind(error))
+        for i, (label, status, value, error) in enumerate(trace.responses)
+        if flows(label, l)
+    ]
+    windows = []
+    for w in trace.windows:
+        windows.append({
+            "outputs": _sorted([o for o in w.outputs if flows(CHANNEL_BOUND[o[0]], l)]),
+            "logs": _sorted([g if detail else (g[0], g[1], log_summary(g[2]))
+                             for g in w.logs if flows(g[1], l)]),
+            "audit": _sorted([a if detail else a[:3] for a in w.audit if flows(a[2], l)]),
+        })
+    store = trace.views.get(l)
+    if store is None:  # derive the l-view from the raw facets (interpreter traces)
+        store = view_from_raw(trace.raw, l)
+    return {"responses": responses, "windows": windows, "store": store}
+
+
+_KIND = re.compile(r"([A-Za-z_][A-Za-z0-9_]*): ")
+
+
+def error_kind(error: str | None) -> str:
+    """The class of an error text: what the interpreter predicts (the design fixes statuses
+    and exception classes, not message wording)."""
+    if not error:
+        return ""
+    if error in ("withheld", "timeout", "crash") or error.startswith("the invocation's label"):
+        return "withheld" if error.startswith("the invocation") else error
+    if error.startswith("timed out"):
+        return "timeout"
+    if error.startswith("the function's process"):
+        return "crash"
+    m = _KIND.match(error)
+    return m.group(1) if m else error
+
+
+def log_summary(text: str) -> str:
+    """A log reduced to what the interpreter predicts: the program's prints and the
+    runtime's one-line failure note, with the error reduced to its class."""
+    out = []
+    for line in text.split("\n"):
+        if line.startswith("p "):
+            out.append(line)
+        elif line.startswith("[trapeze] "):
+            status, _, err = line[len("[trapeze] "):].partition(": ")
+            out.append(f"[trapeze] {status}: {error_kind(err)}")
+    return "\n".join(out)
+
+
+def view_from_raw(raw: dict[tuple[str, str], list[tuple[str, Any, bool]]],
+                  l: str,  # noqa: E741 - the paper's name
+                  ) -> dict[str, Any]:
+    gets, facets = {}, {}
+    scans: dict[str, list[tuple[str, Any]]] = {}
+    for (t, k), fs in sorted(raw.items()):
+        visible = [f for f in fs if flows(f[0], l)]
+        newest = visible[0] if visible else None
+        value = None if newest is None or newest[2] else newest[1]
+        gets[(t, k)] = value
+        facets[(t, k)] = [(v, lab) for lab, v, tomb in visible if not tomb]
+        if value is not None:
+            scans.setdefault(t, []).append((k, value))
+    return {"get": gets, "facets": facets, "scan": scans}
+
+
+def first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """A short human description of where two projections differ."""
+    for part in ("responses", "store"):
+        if a[part] != b[part]:
+            return f"{part}:\n  A: {a[part]}\n  B: {b[part]}"
+    for i, (wa, wb) in enumerate(zip(a["windows"], b["windows"], strict=True)):
+        for part in ("outputs", "logs", "audit"):
+            if wa[part] != wb[part]:
+                return f"request #{i} {part}:\n  A: {wa[part]}\n  B: {wb[part]}"
+    return "no difference"
+
+
+assert set(CHANNEL_BOUND.values()) <= set(LABELS)
