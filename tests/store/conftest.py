@@ -122,6 +122,28 @@ def _as_user() -> tuple[list[str], int, int]:
     pytest.skip("running as root and no unprivileged user (postgres, nobody) to run initdb")
 
 
+_PG_DIR_PREFIX = "trapeze-pg-"
+
+
+def _sweep_orphans(prefix: list[str]) -> None:
+    """Stop and remove clusters left by sessions that were killed (SIGTERM/SIGKILL skip the
+    fixture's teardown); clusters of live sessions, even concurrent ones, are left alone."""
+    for root in Path(tempfile.gettempdir()).glob(_PG_DIR_PREFIX + "*"):
+        try:
+            owner = int((root / "owner.pid").read_text())
+            os.kill(owner, 0)
+            continue  # its session is alive
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue  # not ours to judge (unreadable, being created)
+        if (root / "data" / "postmaster.pid").exists():
+            subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-m",
+                            "immediate", "-w", "stop"], cwd=root, check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """Start a throwaway PostgreSQL cluster for the session (about a second)."""
@@ -129,9 +151,11 @@ def pg_cluster() -> Iterator[PgCluster]:
         pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} "
                     f"(apt-get install {PG_PACKAGE}, or set TRAPEZE_PG_BIN)")
     prefix, uid, gid = _as_user()
+    _sweep_orphans(prefix)
     # Under /tmp, not pytest's tmp_path: the latter sits in a root-only directory the
     # server's user could not enter.
-    root = Path(tempfile.mkdtemp(prefix="trapeze-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=_PG_DIR_PREFIX))
+    (root / "owner.pid").write_text(str(os.getpid()))
     os.chown(root, uid, gid)
     password = secrets.token_hex(8)
     pwfile = root / "pw"
