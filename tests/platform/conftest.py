@@ -84,3 +84,9 @@ def running(tmp_path_factory: pytest.TempPathFactory, web_server: ThreadingHTTPS
     app = make_app(tmp, web_server.server_address[1], controller.port)
     with app.start(store=f"sqlite:///{tmp / 'app.db'}", http=True) as rt:
         yield rt
+
+
+@pytest.fixture
+def app_factory() -> Any:
+    """`make_app(tmp_path, web_port, smtp_port)` for tests that run the app themselves."""
+    return make_app

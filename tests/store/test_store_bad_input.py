@@ -172,10 +172,11 @@ def test_bytes_and_json_kept_apart(store: FacetedStore) -> None:
 
 
 def test_urls(tmp_path: Any, lattice: Any) -> None:
-    with pytest.raises(ConfigError, match="not yet supported"):
-        open_store("postgresql://localhost/app", lattice)
-    with pytest.raises(ConfigError, match="not yet supported"):
-        open_plain_store("postgresql://localhost/app")
+    # Nothing listens on 127.0.0.1:9 (discard): a clear connection error naming host and port.
+    with pytest.raises(ConfigError, match="cannot connect.*127.0.0.1:9"):
+        open_store("postgresql://127.0.0.1:9/app?connect_timeout=2", lattice)
+    with pytest.raises(ConfigError, match="cannot connect"):
+        open_plain_store("postgresql://127.0.0.1:9/app?connect_timeout=2")
     with pytest.raises(ConfigError, match="scheme"):
         open_store("mysql://x", lattice)
     with pytest.raises(ConfigError, match="synchronous"):
