@@ -15,6 +15,7 @@ everything, so every check passes (labels are still accepted, so the same code r
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -186,9 +187,12 @@ class Runtime:
             prefork=spec.prefork,
         )
         if not self.ifc:
-            from trapeze.sandbox.baseline import WarmWorker
+            from trapeze.sandbox.baseline import WarmPool
 
-            return WarmWorker(sandbox_spec)  # type: ignore[return-value]
+            # Enough warm workers to use every core, never more than the function's
+            # concurrency: spawning one per request in flight would measure cold starts.
+            size = min(spec.concurrency, 2 * (os.cpu_count() or 1))
+            return WarmPool(sandbox_spec, size)  # type: ignore[return-value]
         return Sandbox(sandbox_spec, unconfined_dev=not self.confine)  # type: ignore[return-value]
 
     def _channels(self) -> dict[str, Any]:

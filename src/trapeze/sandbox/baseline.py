@@ -137,3 +137,55 @@ def _worker_main() -> None:
 
 if __name__ == "__main__":
     _worker_main()
+
+
+class WarmPool:
+    """Up to `size` warm workers for one function, like a warm Lambda fleet scaling to its
+    concurrency: each runs one invocation at a time, and a new one starts (once) when all are
+    busy. The baseline must use as many cores as the confined mode for the same load, or the
+    benchmark would compare a serial baseline against a parallel platform."""
+
+    def __init__(self, spec: SandboxSpec, size: int) -> None:
+        self.spec = spec
+        self.size = max(1, size)
+        self._idle: list[WarmWorker] = []
+        self._all: list[WarmWorker] = []
+        self._cond = threading.Condition()
+
+    def start(self) -> None:
+        worker = WarmWorker(self.spec)
+        worker.start()
+        self._all.append(worker)
+        self._idle.append(worker)
+
+    def _take(self) -> WarmWorker:
+        with self._cond:
+            while not self._idle and len(self._all) >= self.size:
+                self._cond.wait()
+            if self._idle:
+                return self._idle.pop()
+            worker = WarmWorker(self.spec)
+            self._all.append(worker)
+        try:
+            worker.start()  # outside the lock: a start takes a process spawn and an import
+        except BaseException:
+            with self._cond:
+                self._all.remove(worker)
+                self._cond.notify()
+            raise
+        return worker
+
+    def run(self, event: Any, context: dict[str, Any], on_call: OnCall) -> Outcome:
+        worker = self._take()
+        try:
+            return worker.run(event, context, on_call)
+        finally:
+            with self._cond:
+                self._idle.append(worker)
+                self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            workers, self._all, self._idle = list(self._all), [], []
+        for worker in workers:
+            worker.close()
