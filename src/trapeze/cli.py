@@ -67,8 +67,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    jwt_settings = None
+    if args.jwt_key_file:
+        from trapeze.gateway.auth import JwtSettings
+
+        jwt_settings = JwtSettings(key=Path(args.jwt_key_file).read_text().strip(),
+                                   algorithms=(args.jwt_algorithm,), claim=args.jwt_claim,
+                                   audience=args.jwt_audience, issuer=args.jwt_issuer)
     rt = app.start(_store_url(args, app), http=True, host=args.host, port=args.port,
-                   confine=not args.unconfined_dev, ifc=not args.no_ifc)
+                   confine=not args.unconfined_dev, ifc=not args.no_ifc, jwt=jwt_settings)
     try:
         print(f"trapeze: serving {app.name} on {rt.url} (store {rt.store_url})", flush=True)
         for route in app.manifest.routes:
@@ -251,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="DEVELOPMENT ONLY: run function code without confinement")
     sp.add_argument("--no-ifc", action="store_true",
                     help="the benchmark baseline: no labels, plain store, warm workers")
+    sp.add_argument("--jwt-key-file", help="accept JWTs verified with this key (an HMAC "
+                                           "secret or a PEM public key)")
+    sp.add_argument("--jwt-algorithm", default="HS256")
+    sp.add_argument("--jwt-claim", default="sub", help="the claim naming the principal")
+    sp.add_argument("--jwt-audience")
+    sp.add_argument("--jwt-issuer")
     with_store(sp)
     sp.set_defaults(func=cmd_run)
 

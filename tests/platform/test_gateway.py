@@ -232,3 +232,34 @@ def test_jwt_verified_with_the_configured_key(running: Any) -> None:
     old = jwt.encode({"sub": "alice", "exp": time.time() - 60}, "k" * 32, algorithm="HS256")
     with pytest.raises(AuthError, match="expired"):
         auth.authenticate({"authorization": f"Bearer {old}"}, anonymous_ok=False)
+
+
+def test_jwt_over_http(tmp_path: Any, app_factory: Any, web_server: Any,
+                       smtp_server: Any) -> None:
+    """A runtime configured with a JWT key: a valid token runs as its principal, a token signed
+    with another key or expired gets 401 with the reason, and nothing runs."""
+    app = app_factory(tmp_path, web_server.server_address[1], smtp_server[0].port)
+    key = "s" * 32
+    with app.start(store=f"sqlite:///{tmp_path / 'jwt.db'}", http=True,
+                   jwt=JwtSettings(key=key)) as rt:
+        rt.add_principal("jo", label="user:jo")
+        with httpx.Client(base_url=rt.url, timeout=30) as c:
+            def call(token: str) -> httpx.Response:
+                return c.post("/echo", json={}, headers=bearer(token))
+
+            good = jwt.encode({"sub": "jo", "exp": time.time() + 60}, key, algorithm="HS256")
+            r = call(good)
+            assert r.status_code == 200 and r.json()["label"] == "user:jo"
+            wrong = jwt.encode({"sub": "jo", "exp": time.time() + 60}, "x" * 32,
+                               algorithm="HS256")
+            r = call(wrong)
+            assert r.status_code == 401 and "signature" in r.json()["error"]
+            old = jwt.encode({"sub": "jo", "exp": time.time() - 60}, key, algorithm="HS256")
+            r = call(old)
+            assert r.status_code == 401 and "expired" in r.json()["error"]
+            nobody = jwt.encode({"sub": "nobody", "exp": time.time() + 60}, key,
+                                algorithm="HS256")
+            r = call(nobody)
+            assert r.status_code == 401 and "not registered" in r.json()["error"]
+        executed = rt.invoker.executed
+    assert executed == 1  # only the valid token's request ran
