@@ -1,4 +1,4 @@
-"""Fixtures of the stream engine tests.
+"""Shared fixtures of the stream and workflow engine tests (tests/streams, tests/workflows).
 
 `invoke` here is a small in-process function table (a fake of the runtime's Invoker), used
 only in these engine unit tests: it runs plain Python callables at the label the engine asks
