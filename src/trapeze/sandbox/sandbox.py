@@ -342,6 +342,9 @@ class Sandbox:
             elif ex.status == "protocol":
                 log.warning("function %s: %s; child killed", self.spec.function, ex.error)
         finally:
+            # Also when converse() raised (a bug on the trusted side, or attacker input it did
+            # not anticipate): closing our end alone would leave the child running, detached.
+            child.kill()
             child.close()
         outcome.log = logbuf.text()
         outcome.duration_s = time.monotonic() - t0

@@ -104,7 +104,9 @@ def check_child_message(msg: Any) -> dict[str, Any]:
             raise ProtocolError(f"call frame has fields {sorted(map(str, msg))}")
         if not isinstance(msg["id"], int) or isinstance(msg["id"], bool):
             raise ProtocolError("call id is not an integer")
-        if msg["op"] not in OPS:
+        # isinstance first: `in` on a frozenset hashes its operand, and an unhashable op
+        # (a list, a map) raised TypeError past every ProtocolError handler.
+        if not isinstance(msg["op"], str) or msg["op"] not in OPS:
             raise ProtocolError(f"unknown operation {str(msg['op'])[:64]!r}")
         if not isinstance(msg["args"], dict):
             raise ProtocolError("call args is not a map")

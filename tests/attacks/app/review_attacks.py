@@ -1,0 +1,37 @@
+"""Handlers for tests/attacks/test_review_protocol.py: hostile frames on the channel (fd 3)."""
+
+import array
+import os
+import socket
+import struct
+import time
+
+import msgpack
+
+
+def _frame(body):
+    data = msgpack.packb(body, use_bin_type=True)
+    return struct.pack(">I", len(data)) + data
+
+
+def frames(event):
+    """Write each of event["bodies"] as one frame, all at once, then linger."""
+    os.write(3, b"".join(_frame(b) for b in event["bodies"]))
+    time.sleep(5)
+    return "not killed"
+
+
+def pass_fds(event):
+    """Send descriptors to the monitor with SCM_RIGHTS alongside a valid call frame."""
+    chan = socket.socket(fileno=3)
+    fds = array.array("i", [0, 1, 2, 3] * 2)
+    data = _frame({"t": "call", "id": 1, "op": "label.current", "args": {}})
+    chan.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+    chan.detach()
+    from trapeze.guest import label
+
+    return label.current()
+
+
+def handler(event, context):
+    return globals()[event["attack"]](event)
