@@ -314,8 +314,16 @@ class Invoker:
             inv = self._new_invocation(function, label, self.monitor.lattice.top,
                                        parent.principal, parent=parent, request_id=rid)
             inv.depth = 0  # asynchronous work does not nest in the caller's thread
-            if self._start(inv, event).result().status == "ok":
+            result = self._start(inv, event).result()
+            if result.status == "ok":
                 return
+            # An attempt that raised its label and then failed failed at the raised label:
+            # retrying it at `label` would let `label` count the failure (one more invocation,
+            # one more round of its low effects). Later attempts start at the label it ended
+            # at (bound = top, so it is known; labels only rise, so it is above `label`), as
+            # detached stream retries do.
+            if result.label is not None:
+                label = result.label
             if attempt + 1 < attempts:
                 time.sleep(min(0.1 * 2**attempt, 5.0))
 
