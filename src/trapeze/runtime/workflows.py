@@ -185,10 +185,12 @@ class WorkflowEngine:
 
     # ------------------------------------------------------------------ start
     def start(self, workflow: str, name: str | None, input: Any, label: str, *,
-              starter: str | None = None) -> dict[str, Any]:
+              starter: str | None = None, caller_label: str | None = None) -> dict[str, Any]:
         """Start an execution at `label` (already checked: the caller's label or above).
 
         `starter` is the starting function, checked against the workflow's start_from.
+        `caller_label` is the label the answer goes back to (the starter's current label;
+        default `label`): only executions visible there can clash with the name.
         """
         machine = self.machines.get(workflow)
         if machine is None:
@@ -209,9 +211,13 @@ class WorkflowEngine:
         except (TypeError, ValueError) as e:
             raise InvalidArgument(f"a workflow input must be a JSON value: {e}") from None
         exec_id = f"{workflow}:{name}:{uuid.uuid4().hex[:12]}"
+        # The clash is decided at the label the answer reaches, not at `label`: a starter at c
+        # that names a higher label would otherwise learn, from ExecutionAlreadyExists, of an
+        # execution started between c and `label`.
+        viewer = label if caller_label is None else self.lattice.check(caller_label)
         created = self.db.create_execution(
             exec_id, workflow, name, label, text,
-            lambda other: self.lattice.flows(other, label), machine.start_at,
+            lambda other: self.lattice.flows(other, viewer), machine.start_at,
         )
         if not created:
             raise ExecutionAlreadyExists(
@@ -717,7 +723,8 @@ class Engines:
     def workflow_start(self, parent: Any, workflow: str, name: str | None, event: Any,
                        label: str) -> Any:
         return self.workflows.start(workflow, name, event, label,
-                                    starter=getattr(parent, "function", None))
+                                    starter=getattr(parent, "function", None),
+                                    caller_label=getattr(parent, "label", None))
 
     def task_complete(self, parent: Any, token: str, output: Any, error: Any) -> Any:
         return self.workflows.complete_task(token, output, error, caller_label=parent.label)
