@@ -497,28 +497,24 @@ class WorkflowEngine:
             self._check_stop()
             final = self._final(label, r.label)
             if r.status != "ok":
-                self.db.settle_token(token, "failed", None, "States.TaskFailed", r.error)
                 name, cause = _error_name(r.error) if r.status == "error" else \
                     ("States.TaskFailed", r.error)
+                if self.lattice.flows(final, token_label):
+                    self.db.settle_token(token, "failed", None, "States.TaskFailed", r.error)
+                elif deadline is not None:
+                    # The notification failed above the token's label. Settling the token now
+                    # would tell a completer at the token's label ("no longer pending" instead
+                    # of accepted) that it failed. The token lives on exactly as after a
+                    # successful notification: pending until completed or timed out.
+                    self._await_token(token, deadline)
+                # (Without a deadline the token simply stays pending, as it would then.)
                 return _Failed(name, cause, final)
             label = final
             retries["_notified"] = 1
             self.db.save_frame(ex.id, frame_id, state=st.name, step=step,
                                input_text=dumps(data), label=label, status="running",
                                retries=retries, wait_until=deadline, token=token, root=root)
-        while True:
-            self._check_stop()
-            t = self.db.token(token)
-            assert t is not None
-            if t["status"] in ("succeeded", "failed", "timedout"):
-                break
-            now = time.time()
-            if deadline is not None and now >= deadline:
-                self.db.settle_token(token, "timedout", None, "States.Timeout", None)
-                continue
-            with self._tokens:
-                self._tokens.wait(min(TOKEN_POLL_S, (deadline - now) if deadline else
-                                      TOKEN_POLL_S))
+        t = self._await_token(token, deadline)
         retries.pop("_notified", None)
         # The completion happened at exactly the token's label (see the module doc), which
         # flows to the frame's label: the label stays.
@@ -530,6 +526,22 @@ class WorkflowEngine:
             return _Failed("States.Timeout", f"task {st.name!r} was not completed in time",
                            label)
         return _Failed(t["error"] or "States.TaskFailed", t["cause"], label)
+
+    def _await_token(self, token: str, deadline: float | None) -> dict[str, Any]:
+        """Wait until the token is settled, timing it out at `deadline`; its row."""
+        while True:
+            self._check_stop()
+            t = self.db.token(token)
+            assert t is not None
+            if t["status"] in ("succeeded", "failed", "timedout"):
+                return t
+            now = time.time()
+            if deadline is not None and now >= deadline:
+                self.db.settle_token(token, "timedout", None, "States.Timeout", None)
+                continue
+            with self._tokens:
+                self._tokens.wait(min(TOKEN_POLL_S, (deadline - now) if deadline else
+                                      TOKEN_POLL_S))
 
     def _parallel(self, ex: _Exec, frame_id: str, st: State, nxt: str | None, step: int,
                   data: Any, label: str, retries: dict[str, int], ctx: Any) -> _Next | _Failed:
