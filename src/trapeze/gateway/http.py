@@ -104,11 +104,19 @@ def _http_response(result: InvocationResult) -> Response:
     headers = {"x-trapeze-request-id": result.request_id, "x-trapeze-status": result.status}
     if result.status == "ok":
         value = result.value
-        if isinstance(value, Mapping) and isinstance(value.get("statusCode"), int):
-            return _proxy_response(value, headers)
-        if isinstance(value, bytes):
-            return Response(value, media_type="application/octet-stream", headers=headers)
-        return JSONResponse(value, headers=headers)
+        # The value is the guest's: it may hold what JSON cannot carry (bytes in a list, NaN)
+        # or header text HTTP cannot (non-latin-1). Starlette raises while building the
+        # response; answer a clear 502 instead of an unhandled 500.
+        try:
+            if isinstance(value, Mapping) and isinstance(value.get("statusCode"), int):
+                return _proxy_response(value, dict(headers))
+            if isinstance(value, bytes):
+                return Response(value, media_type="application/octet-stream", headers=headers)
+            return JSONResponse(value, headers=headers)
+        except (TypeError, ValueError):
+            return JSONResponse({"status": "error", "error": "the function returned a value "
+                                 "that cannot be sent as an HTTP response"},
+                                status_code=502, headers=headers)
     status = {"withheld": 202, "timeout": 504, "error": 500}.get(result.status, 503)
     if result.status == "refused" and result.error and result.error.startswith("no function"):
         status = 404
