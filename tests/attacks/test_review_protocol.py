@@ -69,6 +69,16 @@ def test_result_sent_twice_and_calls_after_it_are_ignored(hostile: Sandbox) -> N
     _wait_gone(out.pid)  # type: ignore[arg-type]
 
 
+def test_calls_whose_replies_are_never_read_are_a_protocol_violation(hostile: Sandbox) -> None:
+    mon = FakeMonitor()
+    mon.store[("t", "big")] = "x" * (1 << 20)  # each reply is ~1 MiB
+    out = hostile.run({"attack": "never_read", "calls": 200}, {}, mon)
+    assert out.status == "protocol", out
+    assert "left unread" in (out.error or "")
+    assert len(mon.calls) < 100  # stopped long before 200 MiB of replies piled up
+    _wait_gone(out.pid)  # type: ignore[arg-type]
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -114,6 +114,7 @@ def converse(
     os.set_blocking(log_fd, False)
     reader = wire.FrameReader(max_message + wire.ENVELOPE_SLACK)
     out = bytearray(first)
+    unread_limit = 2 * max_message + wire.ENVELOPE_SLACK
     poller = select.poll()
     cfd = chan.fileno()
     poller.register(cfd, select.POLLIN | select.POLLOUT)
@@ -132,6 +133,13 @@ def converse(
                     if msg["ok"]:
                         return Exchange("ok", value=msg["value"])
                     return Exchange("error", error=msg["error"])
+                if len(out) > unread_limit:
+                    # The child keeps calling without reading its replies: the monitor would
+                    # buffer them without bound (memory shared by every label). Our guest
+                    # runtime reads each reply before its next call, so this is an attack.
+                    raise wire.ProtocolError(
+                        f"more than {unread_limit} bytes of replies left unread"
+                    )
                 out += _reply(msg["id"], msg["op"], msg["args"], on_call, max_message)
         except wire.ProtocolError as exc:
             return Exchange("protocol", error=f"protocol violation: {exc}")

@@ -21,6 +21,18 @@ def frames(event):
     return "not killed"
 
 
+def never_read(event):
+    """Call again and again without ever reading a reply (the monitor must not buffer them)."""
+    call = _frame({"t": "call", "id": 1, "op": "kv.get", "args": {"table": "t", "key": "big"}})
+    try:
+        for _ in range(event["calls"]):
+            os.write(3, call)
+    except OSError:
+        pass  # the monitor hung up
+    time.sleep(5)
+    return "not killed"
+
+
 def pass_fds(event):
     """Send descriptors to the monitor with SCM_RIGHTS alongside a valid call frame."""
     chan = socket.socket(fileno=3)
