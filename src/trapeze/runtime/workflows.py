@@ -646,8 +646,13 @@ class WorkflowEngine:
     def describe(self, execution: str, label: str) -> dict[str, Any]:
         """One execution (by id, or by name: the newest visible one) with visible history."""
         viewer = self.lattice.check(label)
-        rows = self.db.executions(exec_id=execution) or self.db.executions(name=execution)
-        rows = [r for r in rows if self.lattice.flows(r["start_label"], viewer)]
+        # Filter by visibility before falling back to the name, so that whether a hidden
+        # execution has this id changes nothing a low viewer sees.
+        def visible(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [r for r in rows if self.lattice.flows(r["start_label"], viewer)]
+
+        rows = visible(self.db.executions(exec_id=execution)) or visible(
+            self.db.executions(name=execution))
         if not rows:
             raise NotFound(f"no execution {execution!r}")
         row = rows[-1]
