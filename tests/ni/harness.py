@@ -277,17 +277,25 @@ class World:
         """What happened since the previous window (all labels; projection comes later)."""
         w = Window()
         w.outputs = self.web.take() + self.inbox.take()
-        for r in self.rt.system.logs(visible=lambda _label: True):
-            if r.seq > self._log_mark:
-                self._log_mark = r.seq
+        # Page with since_seq: the system tables return at most `limit` rows per call.
+        while True:
+            logs = self.rt.system.logs(visible=lambda _label: True, since_seq=self._log_mark,
+                                       limit=1000)
+            for r in logs:
+                self._log_mark = max(self._log_mark, r.seq)
                 if "STALE-MODULE" in r.text:
                     raise HarnessError("a child ran an older version of a generated module")
                 w.logs.append((r.function, r.label, normalise_text(r.text)))
-        for a in self.rt.system.audit():
-            if a.seq > self._audit_mark:
-                self._audit_mark = a.seq
+            if len(logs) < 1000:
+                break
+        while True:
+            entries = self.rt.system.audit(since_seq=self._audit_mark, limit=1000)
+            for a in entries:
+                self._audit_mark = max(self._audit_mark, a.seq)
                 detail = tuple(sorted((k, normalise_text(str(v))) for k, v in a.detail.items()))
                 w.audit.append((a.kind, a.function, a.label, detail))
+            if len(entries) < 1000:
+                break
         return w
 
     def run(self, case: Case, gen: str, *, observers: tuple[str, ...] = ()) -> Trace:

@@ -454,13 +454,18 @@ def show_case(case: Case) -> str:
 # ----------------------------------------------------------------------------- generator
 values = st.integers(0, 9)
 regs = st.integers(0, NREGS - 1)
+# r0 starts as the event's value, which differs between the worlds for secret requests:
+# reading it more often makes secret-dependent behaviour (and so any leak) more likely.
+src_regs = st.sampled_from([0, 0, 1, 2])
+# Mostly caught errors: an uncaught one ends the program, and what follows never runs.
+catches = st.sampled_from([True, True, True, False])
 tables = st.sampled_from(TABLES)
 keys = st.sampled_from(KEYS)
 labels = st.sampled_from(LABELS)
 exprs: st.SearchStrategy[Expr] = st.one_of(
     st.builds(Lit, values),
-    st.builds(Reg, regs),
-    st.builds(Plus, st.builds(Reg, regs), st.builds(Lit, values)),
+    st.builds(Reg, src_regs),
+    st.builds(Plus, st.builds(Reg, src_regs), st.builds(Lit, values)),
 )
 
 
@@ -471,6 +476,7 @@ def _store_ops() -> list[st.SearchStrategy[Any]]:
         st.builds(Put, tables, keys, exprs),
         st.builds(Put, tables, keys, exprs),
         st.builds(Delete, tables, keys),
+        st.builds(Delete, tables, keys),
         st.builds(CondPut, tables, keys, exprs, st.one_of(st.none(), values), regs),
         st.builds(Scan, tables, regs),
         st.builds(Facets, tables, keys, regs),
@@ -479,10 +485,10 @@ def _store_ops() -> list[st.SearchStrategy[Any]]:
 
 def _effects() -> list[st.SearchStrategy[Any]]:
     return [
-        st.builds(Raise, labels, st.booleans()),
-        st.builds(Raise, labels, st.booleans()),
-        st.builds(Send, st.sampled_from([c[0] for c in CHANNELS]), exprs, regs, st.booleans()),
-        st.builds(Send, st.sampled_from([c[0] for c in CHANNELS]), exprs, regs, st.booleans()),
+        st.builds(Raise, labels, catches),
+        st.builds(Raise, labels, catches),
+        st.builds(Send, st.sampled_from([c[0] for c in CHANNELS]), exprs, regs, catches),
+        st.builds(Send, st.sampled_from([c[0] for c in CHANNELS]), exprs, regs, catches),
         st.builds(Print, exprs),
         st.builds(CurLabel, regs),
     ]
@@ -494,9 +500,14 @@ def _stmts(base: list[st.SearchStrategy[Any]], depth: int, max_size: int
     if depth == 0:
         return st.lists(leaf, max_size=max_size).map(tuple)
     inner = _stmts(base, depth - 1, 3)
+    # A one-armed branch on the event's value around one store operation: the smallest
+    # secret-dependent effect, the pattern most leaks need (Hritcu et al.'s "smart" bias).
+    secret_branch = st.builds(If, st.just(0), st.lists(st.one_of(*_store_ops()), min_size=1,
+                                                       max_size=2).map(tuple), st.just(()))
     compound = st.one_of(
-        st.builds(If, regs, inner, inner),
-        st.builds(Loop, regs, inner),
+        st.builds(If, src_regs, inner, inner),
+        st.builds(Loop, src_regs, inner),
+        secret_branch,
     )
     return st.lists(st.one_of(leaf, leaf, leaf, compound), max_size=max_size).map(tuple)
 
@@ -515,7 +526,7 @@ entry_terms = st.one_of(
 
 @st.composite
 def entry_programs(draw: st.DrawFn) -> Program:
-    invokes = st.builds(Invoke, st.just(CALLEE), exprs, regs, st.booleans(), st.booleans())
+    invokes = st.builds(Invoke, st.just(CALLEE), exprs, regs, catches, st.booleans())
     body = draw(_stmts(_store_ops() + _effects(), 2, 6))
     # Splice at most two synchronous invokes into the top level (never inside a loop).
     body_l = list(body)
@@ -524,9 +535,13 @@ def entry_programs(draw: st.DrawFn) -> Program:
     tail = draw(st.one_of(
         st.none(), st.none(),
         st.builds(InvokeAsync, st.just(ASYNC), exprs, st.one_of(st.none(), labels),
-                  st.booleans()),
-        st.builds(InvokeAsync, st.just(ASYNC), exprs, st.none(), st.booleans()),
+                  catches),
+        st.builds(InvokeAsync, st.just(ASYNC), exprs, st.none(), catches),
     ))
+    if tail is not None and draw(st.booleans()):
+        # Raise, read, then hand off: the shape of work started after a raise.
+        body_l += [draw(st.builds(Raise, labels, st.just(True))),
+                   draw(st.builds(Get, tables, keys, st.just(0)))]
     return Program(tuple(body_l), tail, draw(entry_terms))
 
 
@@ -537,14 +552,16 @@ def callee_programs(draw: st.DrawFn) -> Program:
     if draw(st.booleans()):
         reads = [st.builds(Get, tables, keys, regs), st.builds(CurLabel, regs),
                  st.builds(Facets, tables, keys, regs)]
-        raise_ = draw(st.builds(Raise, labels, st.booleans()))
+        raise_ = draw(st.builds(Raise, labels, catches))
         post = (raise_, *draw(st.lists(st.one_of(*reads), max_size=2)))
     return Program(pre + post, None, draw(terms))
 
 
 @st.composite
 def async_programs(draw: st.DrawFn) -> Program:
-    return Program(draw(_stmts(_store_ops() + _effects(), 1, 5)), None, draw(terms))
+    # It prints first, so that the label each async run gets is visible in the logs.
+    body = (Print(Reg(0)), *draw(_stmts(_store_ops() + _effects(), 1, 5)))
+    return Program(body, None, draw(terms))
 
 
 seed_puts = st.builds(SeedPut, tables, keys, labels, values, values)
@@ -565,6 +582,7 @@ def cases(draw: st.DrawFn, *, concurrent: bool | None = None) -> Case:
     }
     seed = tuple(draw(st.lists(seed_puts, min_size=1, max_size=8)))
     reqs = tuple(draw(st.lists(requests, min_size=1, max_size=4)))
-    observer = draw(st.sampled_from(OBSERVERS))
+    # Low observers have more above them to keep secret.
+    observer = draw(st.sampled_from(("bottom", "low", "low", "mid:a", "high")))
     conc = draw(st.booleans()) if concurrent is None else concurrent
     return Case(programs, seed, reqs, observer, conc)

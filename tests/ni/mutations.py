@@ -22,7 +22,6 @@ from ni.lang import LABELS
 from trapeze.errors import FlowError
 from trapeze.monitor.monitor import Monitor
 from trapeze.runtime.invoker import Invoker
-from trapeze.store import sqlite as sqlite_store
 from trapeze.store.base import MISSING
 from trapeze.store.sqlite import SqliteFacetedStore
 from trapeze.store.values import encode_value
@@ -31,9 +30,12 @@ _get = SqliteFacetedStore.get
 _facets = SqliteFacetedStore.facets
 _scan = SqliteFacetedStore.scan
 _delete = SqliteFacetedStore.delete
+_put = SqliteFacetedStore.put
+_put_seq = SqliteFacetedStore.put_seq
 _raise_label = Monitor.raise_label
 _check_output = Monitor.check_output
 _reply = Invoker._reply
+_target_label = Monitor._target_label
 
 Patches = dict[tuple[type, str], Callable[..., Any]]
 
@@ -53,35 +55,38 @@ def _read_ignores_labels() -> Patches:
             (SqliteFacetedStore, "scan"): scan}
 
 
-_NO_SUCH_LABEL = "zz-no-such-label"  # flows nowhere, so the write-rule trigger removes nothing
-
-
 def _write_keeps_higher() -> Patches:
-    def put_seq(self: SqliteFacetedStore, table: str, key: str, value: Any, *, label: str,
-                expect: object = MISSING, tombstone: bool = False) -> int | None:
-        self.lattice.check(label)
-        stored = None if tombstone else encode_value(value)
-        conn = self._conns.get()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if expect is not MISSING and _get(self, table, key, label=label) != expect:
-                conn.execute("ROLLBACK")
-                return None
-            seq = int(conn.execute(sqlite_store._F_PUT,
-                                   (table, key, _NO_SUCH_LABEL, stored)).fetchall()[0][0])
-            # Only a facet at exactly the same label is replaced; higher ones survive.
-            conn.execute("DELETE FROM facets WHERE tbl = ? AND key = ? AND label = ? AND seq < ?",
-                         (table, key, label, seq))
-            conn.execute("UPDATE facets SET label = ? WHERE tbl = ? AND key = ? AND seq = ?",
-                         (label, table, key, seq))
-            conn.execute("COMMIT")
-            return seq
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    # Implemented on top of the real write (the store's layout is its own business): note the
+    # facets strictly above the writer's label, write, then put them back with their old seqs,
+    # lowest label first so that putting one back never removes another.
+    def height(store: SqliteFacetedStore, lab: str) -> int:
+        return sum(1 for other in LABELS if store.lattice.flows(other, lab))
 
-    return {(SqliteFacetedStore, "put_seq"): put_seq}
+    def keep_higher(store: SqliteFacetedStore, table: str, key: str, label: str,
+                    write: Callable[[], Any]) -> Any:
+        above = [f for f in store.raw_facets(table, key)
+                 if f[1] != label and store.lattice.flows(label, f[1])]
+        result = write()
+        conn = store._conns.get()
+        for seq, lab, value, tomb in sorted(above, key=lambda f: height(store, f[1])):
+            lid = conn.execute("SELECT id FROM facet_labels WHERE label = ?", (lab,)).fetchone()[0]
+            conn.execute("INSERT INTO facets (tbl, key, seq, lid, value) VALUES (?, ?, ?, ?, ?)",
+                         (table, key, seq, lid, None if tomb else encode_value(value)))
+        return result
+
+    def put(self: SqliteFacetedStore, table: str, key: str, value: Any, *, label: str,
+            expect: object = MISSING) -> bool:
+        if expect is not MISSING:  # the store's put goes through put_seq, patched below
+            return _put(self, table, key, value, label=label, expect=expect)
+        return bool(keep_higher(self, table, key, label,
+                                lambda: _put(self, table, key, value, label=label, expect=expect)))
+
+    def put_seq(self: SqliteFacetedStore, table: str, key: str, value: Any, *, label: str,
+                **kw: Any) -> int | None:
+        return keep_higher(self, table, key, label,  # type: ignore[no-any-return]
+                           lambda: _put_seq(self, table, key, value, label=label, **kw))
+
+    return {(SqliteFacetedStore, "put"): put, (SqliteFacetedStore, "put_seq"): put_seq}
 
 
 def _get_highest_label() -> Patches:
@@ -172,7 +177,9 @@ def _bound_check_skipped() -> Patches:
 
 def _async_lower_label() -> Patches:
     def target_label(self: Monitor, inv: Any, args: Any) -> str:
-        return inv.history[0] if inv.history else inv.label  # the label it *started* at
+        if args.get("label") is None:  # "the current label", taken as the one it started at
+            return inv.history[0] if inv.history else inv.label
+        return _target_label(self, inv, args)
 
     return {(Monitor, "_target_label"): target_label}
 
@@ -183,7 +190,7 @@ class Mutation:
     name: str
     description: str
     patches: Callable[[], Patches]
-    expected: str  # "noninterference" or "differential": the check that must catch it
+    expected: str  # "noninterference" (a leak) or "differential" (wrong, but leaks nothing)
 
     @contextmanager
     def active(self) -> Iterator[None]:
