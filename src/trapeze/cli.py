@@ -149,8 +149,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
     try:
         viewer = _viewer_label(app, store, args.as_principal, args.label)
         lattice = app.manifest.lattice
-        for r in store.system.logs(visible=lambda lab: lattice.flows(lab, viewer),
-                                   function=args.function):
+        from trapeze.runtime.app import all_pages
+
+        def page(since: int) -> list[Any]:
+            return store.system.logs(visible=lambda lab: lattice.flows(lab, viewer),
+                                     function=args.function, since_seq=since)
+
+        for r in all_pages(page):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
             for line in r.text.rstrip("\n").splitlines() or [""]:
                 print(f"{stamp} {r.function} {r.request_id[:8]} [{r.label}] {line}")
@@ -164,7 +169,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         viewer = _viewer_label(app, store, args.as_principal, args.label)
         lattice = app.manifest.lattice
-        for r in store.system.audit():
+        from trapeze.runtime.app import all_pages
+
+        for r in all_pages(lambda since: store.system.audit(since_seq=since)):
             if args.kind and r.kind != args.kind:
                 continue
             if r.label is not None and not lattice.flows(r.label, viewer):

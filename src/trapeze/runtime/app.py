@@ -19,7 +19,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -361,20 +362,28 @@ class Runtime:
         lat = self.lattice
         return lambda label: label is None or lat.flows(label, viewer)
 
-    def logs_visible_to(self, label: str, function: str | None = None) -> list[dict[str, Any]]:
-        rows = self.system.logs(visible=self._visible(label), function=function)
+    def logs_visible_to(self, label: str, function: str | None = None, *,
+                        limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest `limit` log records visible at `label`, oldest first."""
+        visible = self._visible(label)
+        rows = newest(lambda since: self.system.logs(visible=visible, function=function,
+                                                     since_seq=since), limit)
         return [
             {"seq": r.seq, "time": r.time, "function": r.function, "request_id": r.request_id,
              "label": r.label, "text": r.text}
             for r in rows
         ]
 
-    def audit_visible_to(self, label: str) -> list[dict[str, Any]]:
+    def audit_visible_to(self, label: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest `limit` audit entries visible at `label`, oldest first."""
         visible = self._visible(label)
+        rows = newest(lambda since: [r for r in self.system.audit(since_seq=since)
+                                     if visible(r.label)], limit,
+                      page_end=lambda since: self.system.audit(since_seq=since))
         return [
             {"seq": r.seq, "time": r.time, "kind": r.kind, "function": r.function,
              "request_id": r.request_id, "label": r.label, "detail": r.detail}
-            for r in self.system.audit() if visible(r.label)
+            for r in rows
         ]
 
     def logs(self, *, as_principal: str | None = None, as_label: str | None = None,
@@ -388,6 +397,32 @@ class Runtime:
         label, _ = self._label_for(as_principal, as_label or (None if as_principal else
                                                               self.lattice.top))
         return self.audit_visible_to(label)
+
+
+def all_pages(fetch: Callable[[int], list[Any]]) -> Iterator[Any]:
+    """Every record of a `since_seq`-paged system table, in seq order."""
+    since = 0
+    while True:
+        page = fetch(since)
+        if not page:
+            return
+        yield from page
+        since = page[-1].seq
+
+
+def newest(fetch: Callable[[int], list[Any]], limit: int,
+           page_end: Callable[[int], list[Any]] | None = None) -> list[Any]:
+    """The last `limit` records of a paged table. `fetch(since)` may filter records out;
+    `page_end(since)` is then the unfiltered page, which decides where the next page starts
+    (the system tables page by seq, at most 1000 rows at a time)."""
+    out: deque[Any] = deque(maxlen=limit)
+    since = 0
+    while True:
+        raw = (page_end or fetch)(since)
+        if not raw:
+            return list(out)
+        out.extend(fetch(since) if page_end else raw)
+        since = raw[-1].seq
 
 
 def _ensure_parent(url: str) -> None:
