@@ -13,6 +13,13 @@ from trapeze.errors import FlowError
 from trapeze.sandbox import Sandbox, SandboxSpec
 
 APP = Path(__file__).parent / "app"
+# When the checkout itself lives under /tmp, the child's private /tmp holds the read-only
+# mount point on the way to the app (the sandbox mounts readable roots back in): a static,
+# empty-of-secrets entry, the same for every invocation. Anything else in /tmp is state.
+MOUNTED_IN_TMP = (
+    [APP.resolve().parts[2]]
+    if len(APP.resolve().parts) > 2 and APP.resolve().parts[1] == "tmp" else []
+)
 
 
 class FakeMonitor:
