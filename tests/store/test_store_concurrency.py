@@ -13,8 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from store.conftest import Backend
 from store.invariants import check_write_rule_invariant
 from store.model import ModelStore
@@ -91,7 +89,6 @@ def test_threads_mixed_labels(store: FacetedStore, lattice: Lattice) -> None:
         check_write_rule_invariant(lattice, store.raw_facets("t", key))
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkill_keeps_committed_writes(backend: Backend, lattice: Lattice,
                                         tmp_path: Path) -> None:
     url = backend.url()
