@@ -308,11 +308,17 @@ def _confine(plan: Plan, slot: Slot, chan_fd: int, log_fd: int) -> None:
     # setns() moved the working directory to the namespace's root.
     os.chdir(plan.app_dir)
     sys.path.insert(0, plan.app_dir)
-    # numpy's legacy global generator was seeded in the zygote: every child would draw the
-    # same numbers. (random reseeds itself at fork.)
-    np_random = sys.modules.get("numpy.random")
-    if np_random is not None:
-        np_random.seed()
+    reseed_generators()
+
+
+def reseed_generators() -> None:
+    """Global pseudo-random generators were seeded in the zygote: without this every child
+    would draw the same numbers. (os.fork() would reseed `random` through its at-fork hook;
+    the zygote forks without running hooks, see syscalls.fork_bare.)"""
+    for name in ("random", "numpy.random"):
+        module = sys.modules.get(name)
+        if module is not None:
+            module.seed()
 
 
 def prepare_process(plan: Plan) -> None:

@@ -76,6 +76,27 @@ def _check(ret: int) -> int:
     return ret
 
 
+# PyDLL keeps the GIL across the call, so the child resumes holding it, as a fork()ed
+# thread must.
+_fork = ctypes.PyDLL(None, use_errno=True).fork
+_fork.restype = ctypes.c_int
+_fork.argtypes = ()
+
+
+def fork_bare() -> int:
+    """fork() without CPython's at-fork machinery (PyOS_BeforeFork/AfterFork_*).
+
+    os.fork() re-initialises the runtime's locks and thread states and runs every
+    registered at-fork hook in the child; all of that exists for processes that had other
+    threads at fork time, and on this class of machine its page faults cost the child about
+    a millisecond of CPU. The zygote is single-threaded by construction (it checks), so none
+    of it is needed there. What the hooks would have done that still matters - reseeding
+    `random` - the child does itself (confine.reseed_generators). Never call this from a
+    process that may have another thread.
+    """
+    return _check(_fork())
+
+
 def unshare(flags: int) -> None:
     _check(_syscall(SYS_unshare, ctypes.c_int(flags)))
 

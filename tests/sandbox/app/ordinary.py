@@ -43,6 +43,7 @@ def stdlib(event, context):
         "date": datetime.date(2024, 2, 29).isoformat(),
         "now_ok": datetime.datetime.now(datetime.UTC).year >= 2024,
         "random": 0 <= random.random() < 1,
+        "draw": random.getrandbits(64),
         "sha": hashlib.sha256(b"abc").hexdigest()[:8],
     }
 
