@@ -155,7 +155,7 @@ def _zygote_children(sb: Sandbox) -> list[int]:
 
 def _waiting_siblings(sb: Sandbox) -> list[int]:
     # Wait until only the waiting pre-forked siblings remain (earlier children reaped).
-    end = time.monotonic() + 3
+    end = time.monotonic() + 10
     while len(_zygote_children(sb)) != sb.spec.prefork and time.monotonic() < end:
         time.sleep(0.02)
     siblings = _zygote_children(sb)
