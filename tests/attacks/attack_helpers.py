@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from trapeze.errors import FlowError
+from fake_monitor import FakeMonitor
 from trapeze.sandbox import Sandbox, SandboxSpec
 
 APP = Path(__file__).parent / "app"
@@ -20,31 +20,6 @@ MOUNTED_IN_TMP = (
     [APP.resolve().parts[2]]
     if len(APP.resolve().parts) > 2 and APP.resolve().parts[1] == "tmp" else []
 )
-
-
-class FakeMonitor:
-    """The test double of the monitor: a dict store and a current label."""
-
-    def __init__(self, label: str = "public") -> None:
-        self.store: dict[tuple[str, str], Any] = {}
-        self.label = label
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, op: str, args: dict[str, Any]) -> Any:
-        self.calls.append((op, args))
-        if op == "kv.get":
-            return self.store.get((args["table"], args["key"]))
-        if op == "kv.put":
-            self.store[(args["table"], args["key"])] = args["value"]
-            return True
-        if op == "label.current":
-            return self.label
-        if op == "label.raise":
-            if args["label"] == "bottom":
-                raise FlowError("cannot lower the label")
-            self.label = args["label"]
-            return self.label
-        raise RuntimeError(f"secret internal detail for {op}")
 
 
 def make_sandbox(handler: str = "attacks:handler", **kw: Any) -> Sandbox:

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from attack_helpers import MOUNTED_IN_TMP, FakeMonitor, make_sandbox, pid_alive
+from attack_helpers import MOUNTED_IN_TMP, make_sandbox, pid_alive
 
+from fake_monitor import FakeMonitor
 from trapeze.sandbox import Sandbox
 
 EPERM, EACCES = errno.EPERM, errno.EACCES

@@ -6,8 +6,9 @@ import os
 import time
 
 import pytest
-from attack_helpers import FakeMonitor, make_sandbox, pid_alive
+from attack_helpers import make_sandbox, pid_alive
 
+from fake_monitor import FakeMonitor
 from trapeze.sandbox import Sandbox
 
 

@@ -7,8 +7,9 @@ import logging
 import os
 
 import pytest
-from sandbox_helpers import FakeMonitor, make_spec
+from sandbox_helpers import make_spec
 
+from fake_monitor import FakeMonitor
 from trapeze.sandbox import ConfinementUnavailable, Sandbox, probe
 
 NOBODY = 65534

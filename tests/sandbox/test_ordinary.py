@@ -6,8 +6,9 @@ import logging
 import os
 
 import pytest
-from sandbox_helpers import FakeMonitor, make_spec
+from sandbox_helpers import make_spec
 
+from fake_monitor import FakeMonitor
 from trapeze.errors import GUEST_ERROR_KINDS
 from trapeze.guest import errors as guest_errors
 from trapeze.sandbox import Sandbox
