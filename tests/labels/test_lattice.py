@@ -9,16 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trapeze.labels import LabelError, Lattice, NoJoinError, UnknownLabelError
-
-HELLO_RETAIL = {
-    "bottom": ["public"],
-    "public": ["client:*", "photographer:*"],
-    "client:*": ["owner", "client-cc:*"],
-    "client-cc:*": ["cc-company"],
-    "photographer:*": ["owner"],
-    "owner": ["top"],
-    "cc-company": ["top"],
-}
+from trapeze.labels.examples import HELLO_RETAIL
 
 
 @st.composite

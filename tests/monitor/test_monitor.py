@@ -15,18 +15,9 @@ import pytest
 
 from trapeze.errors import FlowError, InvalidArgument
 from trapeze.labels import Lattice
+from trapeze.labels.examples import HELLO_RETAIL
 from trapeze.monitor import Declassifier, Invocation, MemoryAudit, Monitor
 from trapeze.store import open_store
-
-HELLO_RETAIL = {
-    "bottom": ["public"],
-    "public": ["client:*", "photographer:*"],
-    "client:*": ["owner", "client-cc:*"],
-    "client-cc:*": ["cc-company"],
-    "photographer:*": ["owner"],
-    "owner": ["top"],
-    "cc-company": ["top"],
-}
 
 
 class RecordingChannel:
