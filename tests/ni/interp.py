@@ -6,10 +6,10 @@ from the real platform, so the differential test is a plain equality.
 
 Modelled: the faceted store (§5: write rule, newest visible facet, tombstones, facets, scan,
 conditional put), labels only going up (§4), sync invokes at the caller's label answering to
-it, async invokes at the current or a named higher label with the runtime's retries, channel
-outputs allowed iff current ⊑ bound with a FlowError otherwise (§6), the withheld reply at the
-moment of a raise above the response bound, and logs/audit entries kept at the label an
-invocation ends with.
+it, async invokes at the current or a named higher label with the runtime's retries (a retry
+starts at the label the failed attempt ended at), channel outputs allowed iff current ⊑ bound
+with a FlowError otherwise (§6), the withheld reply at the moment of a raise above the
+response bound, and logs/audit entries kept at the label an invocation ends with.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ class Interpreter:
         self.store = Store()
         self.window = Window()
         self.pending: list[tuple[str, int, str]] = []  # async invocations (slot, x, label)
+        self.final_label = ""  # the label the last finished invocation ended at
 
     # ------------------------------------------------------------------ running requests
     def run(self) -> Trace:
@@ -149,6 +150,9 @@ class Interpreter:
                 for _attempt in range(ASYNC_RETRIES + 1):
                     if self.invoke(slot, x, label, "top")[0] == "ok":
                         break
+                    # A retry starts at the label the failed attempt ended at: retrying a
+                    # failure above `label` at `label` would let `label` count it.
+                    label = self.final_label
             trace.responses.append((req.label, status, value, error))
             trace.windows.append(self.window)
         for t in TABLES:
@@ -171,6 +175,7 @@ class Interpreter:
                 raise Finished("error", error=e.kind) from None
         except Finished as f:
             outcome = f
+        self.final_label = inv.label
         if outcome.status != "ok":
             # the runtime notes a failure in the invocation's own log
             inv.log.append(f"[trapeze] {outcome.status}: {outcome.error or outcome.status}\n")
