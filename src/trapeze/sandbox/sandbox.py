@@ -28,7 +28,6 @@ from typing import Any
 import msgpack
 
 from trapeze.sandbox import syscalls as sc
-from trapeze.sandbox.confine import MODE_ROOT
 from trapeze.sandbox.exchange import LogBuffer, OnCall, converse, drain_log, event_frame
 from trapeze.sandbox.probe import probe
 from trapeze.sandbox.spec import ConfinementUnavailable, Outcome, SandboxSpec
@@ -83,7 +82,6 @@ class _Child:
     log_fd: int
     pidfd: int
     pid: int | None
-    uid: int | None = None
 
     def kill(self) -> None:
         try:
@@ -101,9 +99,6 @@ class _Child:
 
 
 class Sandbox:
-    # The zygote's and its waiting children's nice value in root mode (see zygote.py).
-    PREPARATION_NICE = 10
-
     def __init__(
         self,
         spec: SandboxSpec,
@@ -174,7 +169,6 @@ class Sandbox:
             zygote_uid=self.zygote_uid,
             uid_base=_block_base(),
             max_slots=self.max_slots,
-            preparation_nice=self.PREPARATION_NICE,
         )
         ours.send(msgpack.packb(cfg, use_bin_type=True))
         ours.settimeout(60)
@@ -254,9 +248,7 @@ class Sandbox:
                 # Non-blocking once here rather than per invocation in converse().
                 chan.setblocking(False)
                 os.set_blocking(fds[1], False)
-                self._ready.append(
-                    _Child(msg["cid"], chan, fds[1], fds[2], msg.get("pid"), msg.get("uid"))
-                )
+                self._ready.append(_Child(msg["cid"], chan, fds[1], fds[2], msg.get("pid")))
             else:
                 for fd in fds:
                     os.close(fd)
@@ -330,14 +322,6 @@ class Sandbox:
             reason = "the zygote is gone" if self._zygote_dead else "no child became ready"
             status = "crash" if self._zygote_dead else "timeout"
             return Outcome(status, error=reason, duration_s=time.monotonic() - t0)
-        if self.mode == MODE_ROOT and child.uid is not None:
-            # Waiting children run at the zygote's preparation priority (zygote.py); this
-            # one now serves an invocation. By uid, not pid: the slot's uid names exactly
-            # this child and its threads, and unlike a pid it cannot have been reused.
-            try:
-                os.setpriority(os.PRIO_USER, child.uid, 0)
-            except OSError:
-                pass  # already gone: converse() reports it
         logbuf = LogBuffer(self.spec.max_log_bytes)
         try:
             ex = converse(

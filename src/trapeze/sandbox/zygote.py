@@ -380,14 +380,6 @@ def main() -> None:
     # would otherwise write to (and so copy) every page of the zygote's heap.
     gc.collect()
     gc.freeze()
-    if mode == MODE_ROOT:
-        # Preparing children is background work: at a lower priority it no longer delays
-        # the invocations being served on the other core (p50 0.89 -> ~0.45 ms for a no-op
-        # here). The scheduler stays work-conserving, so under saturation preparation still
-        # gets every idle cycle. The monitor, as root, lifts a child back to nice 0 when it
-        # hands it an invocation (Sandbox.run); an unprivileged monitor could not, so in
-        # user-namespace mode everything stays at the default priority.
-        os.setpriority(os.PRIO_PROCESS, 0, int(cfg.get("preparation_nice", 0)))
     _send(ctrl, {"t": "hello", "mode": mode, "landlock_abi": plan.landlock_abi,
                  "pid": os.getpid(), "pidns_per_child": plan.pidns_per_child})
 
@@ -448,7 +440,7 @@ def main() -> None:
                 sel.close()
                 _child(plan, slot, child_end.fileno(), log_w, handler_spec)
             pidfd = os.pidfd_open(pid)
-            _send(ctrl, {"t": "ready", "cid": cid, "pid": pid, "uid": slot.uid},
+            _send(ctrl, {"t": "ready", "cid": cid, "pid": pid},
                   [parent_end.fileno(), log_r, pidfd])
             parent_end.close()
             child_end.close()
