@@ -46,7 +46,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -393,8 +393,14 @@ def _q(template: str, schema: str) -> str:
 
 
 def _ensure_schema(conn: psycopg.Connection[Any], schema: str, components: Iterable[str],
-                   target: str) -> None:
-    """Create or migrate the components' tables; refuse a schema from a newer version."""
+                   target: str, *, versions: Mapping[str, int] = SCHEMA_VERSIONS,
+                   ddl: Mapping[str, list[str]] = _DDL,
+                   migrations: Mapping[tuple[str, int], list[str]] = _MIGRATIONS) -> None:
+    """Create or migrate the components' tables; refuse a schema from a newer version.
+
+    `versions`/`ddl`/`migrations` describe the components: the store's by default; the
+    engine tables (trapeze.runtime.engine_store.postgres) pass their own.
+    """
     with conn.transaction():
         # Concurrent openers of a fresh database would race on CREATE (PostgreSQL's IF NOT
         # EXISTS is not safe against that); one at a time per schema.
@@ -411,7 +417,7 @@ def _ensure_schema(conn: psycopg.Connection[Any], schema: str, components: Itera
                 _q("SELECT version FROM {s}.trapeze_schema WHERE component = %s", schema),
                 (comp,),
             ).fetchone()
-            ours = SCHEMA_VERSIONS[comp]
+            ours = versions[comp]
             have = None if row is None else int(row[0])
             if have is not None and have > ours:
                 raise StoreSchemaError(
@@ -420,11 +426,11 @@ def _ensure_schema(conn: psycopg.Connection[Any], schema: str, components: Itera
                     "upgrade Trapeze, or point the store URL at another database or schema"
                 )
             if have is None:
-                for stmt in _DDL[comp]:
+                for stmt in ddl[comp]:
                     conn.execute(_q(stmt, schema))
             else:
                 for v in range(have, ours):
-                    for stmt in _MIGRATIONS[(comp, v)]:
+                    for stmt in migrations[(comp, v)]:
                         conn.execute(_q(stmt, schema))
             if have != ours:
                 conn.execute(
