@@ -1,4 +1,5 @@
-"""Shared fixtures of the stream and workflow engine tests (tests/streams, tests/workflows).
+"""Shared fixtures: the session's PostgreSQL cluster (tests/pg_cluster.py), and those of the
+stream and workflow engine tests (tests/streams, tests/workflows, tests/platform).
 
 `invoke` here is a small in-process function table (a fake of the runtime's Invoker), used
 only in these engine unit tests: it runs plain Python callables at the label the engine asks
@@ -16,8 +17,12 @@ from typing import Any
 
 import pytest
 
+# Registered here, once for the whole session: tests/store uses them too.
+from pg_cluster import _pg_databases, pg_cluster, pg_database
 from trapeze.labels import Lattice
 from trapeze.runtime.engine_store import EngineDB
+
+__all__ = ["_pg_databases", "pg_cluster", "pg_database"]
 
 LATTICE = Lattice.from_hasse({
     "public": ["alice", "bob"],
