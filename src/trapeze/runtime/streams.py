@@ -23,6 +23,12 @@ backoff and dead-lettered after ``max_attempts``. A consumer that raised its lab
 failed has failed at the raised label: retrying it in the batch's lane would let the batch's
 label observe that failure, so the lane moves on at once and the batch is retried detached at
 the raised label (then dead-lettered there, visible only at that label).
+
+Several engines (processes, machines) may deliver the same streams from one database: a lane
+is delivered by whichever engine claims it (``EngineDB.claim``) for one batch at a time, the
+claim is taken before the lane's checkpoint is read and released after the new checkpoint is
+committed, so batches of a lane never overlap and follow each other in order. An engine
+claims only as many lanes as it has idle delivery workers, leaving the rest to the others.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from typing import Any, Protocol
 from trapeze.errors import InvalidArgument, LimitExceeded, NotFound
 from trapeze.labels import Lattice
 from trapeze.policy.specs import StreamSpec
-from trapeze.runtime.engine_store import EngineDB, Lane, StoredRecord, dumps, loads
+from trapeze.runtime.engine_store import ClaimLost, EngineDB, Lane, StoredRecord, dumps, loads
 
 log = logging.getLogger("trapeze.streams")
 
@@ -116,6 +122,7 @@ class StreamEngine:
         self._stopping = False
         self._inflight: set[tuple[str, str, str, str]] = set()
         self._detached = 0
+        self._turn = 0  # rotates where each scheduling pass starts (fairness among lanes)
 
     # ------------------------------------------------------------------ producers
     def spec(self, stream: str) -> StreamSpec:
@@ -231,29 +238,50 @@ class StreamEngine:
 
     def _schedule(self) -> None:
         now = time.time()
+        candidates: list[tuple[StreamSpec, Lane]] = []
         for name, spec in self.streams.items():
             for consumer in spec.consumers:
-                lanes = self.db.lanes(name, consumer)
-                for lane in lanes:
-                    key = (name, consumer, lane.partition, lane.label)
-                    if lane.newest <= lane.last_id or lane.next_at > now:
-                        continue
-                    with self._wake:
-                        if key in self._inflight or self._stopping or self._pool is None:
-                            continue
-                        self._inflight.add(key)
-                    # Re-read after claiming the lane: the snapshot above may predate a
-                    # delivery that just finished, and its batch must not be sent twice.
-                    fresh = self.db.lanes(name, consumer)
-                    mine = next((x for x in fresh if (x.partition, x.label) ==
-                                 (lane.partition, lane.label)), None)
-                    batch = self._batch(spec, mine, fresh) if mine is not None and \
-                        mine.next_at <= now else []
-                    with self._wake:
-                        if not batch or self._stopping or self._pool is None:
-                            self._inflight.discard(key)
-                            continue
+                candidates.extend((spec, lane) for lane in self.db.lanes(name, consumer)
+                                  if lane.newest > lane.last_id and lane.next_at <= now)
+        if not candidates:
+            return
+        # Workers are scarce: start each pass at another lane so that none waits forever
+        # behind busier ones.
+        self._turn = (self._turn + 1) % len(candidates)
+        for spec, lane in candidates[self._turn:] + candidates[:self._turn]:
+            key = (lane.stream, lane.consumer, lane.partition, lane.label)
+            with self._wake:
+                if self._stopping or self._pool is None:
+                    return
+                if len(self._inflight) >= self._workers:
+                    return  # claim no lane we cannot start now: other engines may take it
+                if key in self._inflight:
+                    continue
+                self._inflight.add(key)
+            claimed = submitted = False
+            try:
+                claimed = self.db.claim(lane.claim)
+                if not claimed:
+                    continue  # another engine is delivering this lane
+                # Re-read after claiming the lane: the snapshot above may predate a
+                # delivery that just finished (here or in another engine), and its batch
+                # must not be sent twice.
+                fresh = self.db.lanes(lane.stream, lane.consumer)
+                mine = next((x for x in fresh if (x.partition, x.label) ==
+                             (lane.partition, lane.label)), None)
+                if mine is None or mine.next_at > now:
+                    continue
+                batch = self._batch(spec, mine, fresh)
+                with self._wake:
+                    if batch and not self._stopping and self._pool is not None:
                         self._pool.submit(self._deliver, spec, mine, batch, key)
+                        submitted = True
+            finally:
+                if not submitted:
+                    if claimed:
+                        self.db.release(lane.claim)
+                    with self._wake:
+                        self._inflight.discard(key)
 
     def _batch(self, spec: StreamSpec, lane: Lane, lanes: list[Lane]) -> list[StoredRecord]:
         # The lane may not pass the first pending record of any strictly lower lane of the
@@ -279,9 +307,17 @@ class StreamEngine:
                  key: tuple[str, str, str, str]) -> None:
         try:
             self._deliver_once(spec, lane, batch)
+        except ClaimLost:
+            # Another engine owns the lane now and delivers from the last checkpoint.
+            log.warning("stream %s: lost the lane of %s while delivering; left to its new"
+                        " holder", lane.stream, lane.consumer)
         except Exception:
             log.exception("stream delivery to %s failed inside the engine", lane.consumer)
         finally:
+            try:
+                self.db.release(lane.claim)
+            except Exception:
+                log.exception("stream %s: could not release a lane claim", lane.stream)
             with self._wake:
                 self._inflight.discard(key)
                 self._dirty = True

@@ -26,6 +26,13 @@ unfinished executions from their last recorded state: a step whose completion wa
 never re-run; the step in flight at a crash runs again (at-least-once). Waits and retry
 back-offs resume with the time that was left.
 
+Several engines on one database. An execution is run by the one engine that holds its claim
+(``EngineDB.claim``): the starter's engine claims it before inserting it, ``resume()`` claims
+only executions nobody holds, and every write of its frames, history and status is fenced by
+the claim (an engine that lost it gets ``ClaimLost`` and drops the execution). Where other
+engines may share the database (PostgreSQL), ``resume()`` also keeps adopting, every
+``adopt_interval`` seconds, the executions whose engine died, stopped or lost its connection.
+
 Callback tasks and the completion rule. A task token is bound to the execution's label ``e``
 when the task starts. ``complete_task`` at the caller's label ``c`` is allowed iff ``c == e``:
 
@@ -59,7 +66,7 @@ from trapeze.labels import Lattice, NoJoinError
 from trapeze.policy.specs import WorkflowSpec
 from trapeze.runtime import asl
 from trapeze.runtime.asl import Machine, PathError, State
-from trapeze.runtime.engine_store import EngineDB, dumps, loads
+from trapeze.runtime.engine_store import EngineDB, dumps, exec_claim, loads
 from trapeze.runtime.streams import Invoke
 
 log = logging.getLogger("trapeze.workflows")
@@ -122,8 +129,11 @@ class WorkflowEngine:
         *,
         functions: Collection[str] | None = None,
         time_scale: float = 1.0,
+        adopt_interval: float | None = None,
     ) -> None:
         self.db = db
+        # None: the backend's default (no periodic adoption where one engine owns the file).
+        self.adopt_interval = db.adopt_interval if adopt_interval is None else adopt_interval
         self.lattice = lattice
         self.specs = dict(workflows)
         self.invoke = invoke
@@ -135,23 +145,48 @@ class WorkflowEngine:
         self._lock = threading.Lock()
         self._tokens = threading.Condition()
         self._running: dict[str, threading.Thread] = {}
+        self._orphans: set[str] = set()  # running executions of workflows no longer declared
+        self._adopter: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def resume(self) -> list[str]:
-        """Continue every unfinished execution (call once when the runtime starts)."""
+        """Continue every unfinished execution no engine runs (call once when the runtime
+        starts); where other engines may share the database, keep adopting those whose
+        engine went away, every `adopt_interval` seconds, until :meth:`stop`."""
         self._stop.clear()
+        out = self._adopt()
+        if self.adopt_interval and (self._adopter is None or not self._adopter.is_alive()):
+            self._adopter = threading.Thread(target=self._adopt_loop, daemon=True,
+                                             name="trapeze-wf-adopt")
+            self._adopter.start()
+        return out
+
+    def _adopt(self) -> list[str]:
+        with self._lock:
+            local = set(self._running) | self._orphans
         out = []
-        for row in self.db.executions(status="RUNNING"):
+        for row in self.db.claim_running_executions(local):
             machine = self.machines.get(row["workflow"])
             if machine is None:
                 log.warning("execution %s: workflow %r is no longer declared; left as is",
                             row["id"], row["workflow"])
+                with self._lock:
+                    self._orphans.add(row["id"])
+                self.db.release(exec_claim(row["id"]))
                 continue
             ex = _Exec(row["id"], row["workflow"], row["name"], loads(row["input"]),
                        row["created"], machine)
             if self._launch(ex):
                 out.append(ex.id)
         return out
+
+    def _adopt_loop(self) -> None:
+        assert self.adopt_interval
+        while not self._stop.wait(self.adopt_interval):
+            try:
+                self._adopt()
+            except Exception:  # the database may be unreachable for a while: try again
+                log.exception("adopting unfinished executions failed; retrying")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop running executions where they were last recorded (resume() continues them)."""
@@ -161,6 +196,8 @@ class WorkflowEngine:
         deadline = time.monotonic() + timeout
         with self._lock:
             threads = list(self._running.values())
+        if self._adopter is not None:
+            threads.append(self._adopter)
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
@@ -174,6 +211,7 @@ class WorkflowEngine:
         return True
 
     def _launch(self, ex: _Exec) -> bool:
+        """Run an execution whose claim this engine holds (released when the run ends)."""
         with self._lock:
             if ex.id in self._running:
                 return False
@@ -215,17 +253,28 @@ class WorkflowEngine:
         # that names a higher label would otherwise learn, from ExecutionAlreadyExists, of an
         # execution started between c and `label`.
         viewer = label if caller_label is None else self.lattice.check(caller_label)
-        created = self.db.create_execution(
-            exec_id, workflow, name, label, text,
-            lambda other: self.lattice.flows(other, viewer), machine.start_at,
-        )
+        # Claimed before it exists, so that no other engine's adoption runs it first. (A
+        # stopped engine claims nothing: another engine, or resume(), will run it.)
+        claimed = not self._stop.is_set() and self.db.claim(exec_claim(exec_id))
+        try:
+            created = self.db.create_execution(
+                exec_id, workflow, name, label, text,
+                lambda other: self.lattice.flows(other, viewer), machine.start_at,
+            )
+        except BaseException:
+            if claimed:
+                self.db.release(exec_claim(exec_id))
+            raise
         if not created:
+            if claimed:
+                self.db.release(exec_claim(exec_id))
             raise ExecutionAlreadyExists(
                 f"ExecutionAlreadyExists: workflow {workflow!r} already has an execution"
                 f" named {name!r}"
             )
-        if not self._stop.is_set():
-            self._launch(_Exec(exec_id, workflow, name, input, time.time(), machine))
+        if claimed and not self._launch(_Exec(exec_id, workflow, name, input, time.time(),
+                                              machine)):
+            self.db.release(exec_claim(exec_id))
         return {"executionArn": exec_id, "name": name, "startDate": time.time()}
 
     # ------------------------------------------------------------------ running
@@ -243,6 +292,11 @@ class WorkflowEngine:
         except Exception as e:
             if self._stop.is_set():
                 return  # shutting down (the tables may be closed): resume() continues it
+            if self.db.is_transient(e):
+                # The claim was lost, or the database is unreachable: the execution stays
+                # as last recorded, for whichever engine claims it next (at-least-once).
+                log.warning("execution %s left for resume: %s", ex.id, e)
+                return
             # Where in the lattice the failure happened is unknown here: record it at top.
             log.exception("execution %s failed inside the engine", ex.id)
             try:
@@ -251,6 +305,10 @@ class WorkflowEngine:
             except Exception:
                 log.exception("execution %s: could not record the failure", ex.id)
         finally:
+            try:
+                self.db.release(exec_claim(ex.id))
+            except Exception:
+                log.exception("execution %s: could not release its claim", ex.id)
             with self._lock:
                 self._running.pop(ex.id, None)
 
@@ -564,6 +622,11 @@ class WorkflowEngine:
             except _Stopped:
                 stopped.append(True)
             except Exception as e:
+                if self.db.is_transient(e):
+                    # As for the whole execution (see _run): left for resume.
+                    log.warning("execution %s: branch %s left for resume: %s", ex.id, ids[i], e)
+                    stopped.append(True)
+                    return
                 log.exception("execution %s: branch %s failed inside the engine", ex.id, ids[i])
                 outcomes[i] = _Outcome(False, None, self.lattice.top, "Trapeze.Internal",
                                        type(e).__name__)
@@ -699,7 +762,8 @@ def _error_name(error: str | None) -> tuple[str, str | None]:
 
 # ====================================================================== wiring
 class Engines:
-    """Both engines over one store file, with the runtime's Dispatcher calls (trusted).
+    """Both engines over one store (its SQLite file or PostgreSQL database), with the
+    runtime's Dispatcher calls (trusted).
 
     The runtime builds one at start (after its Invoker exists), calls :meth:`start`, routes
     the Dispatcher's ``stream_put``/``workflow_start``/``task_complete`` here, and calls
@@ -708,16 +772,18 @@ class Engines:
     """
 
     def __init__(self, store_url: str, lattice: Lattice, manifest: Any, invoke: Invoke, *,
-                 stream_workers: int = 4, time_scale: float = 1.0) -> None:
+                 stream_workers: int = 4, time_scale: float = 1.0,
+                 adopt_interval: float | None = None) -> None:
         from trapeze.runtime.streams import StreamEngine
 
-        self.db = EngineDB.open(store_url)
+        self.db = EngineDB.open(store_url)  # SQLite or PostgreSQL, by the URL
         try:
             self.streams = StreamEngine(self.db, lattice, manifest.streams, invoke,
                                         workers=stream_workers)
             self.workflows = WorkflowEngine(self.db, lattice, manifest.workflows, invoke,
                                             functions=set(manifest.functions),
-                                            time_scale=time_scale)
+                                            time_scale=time_scale,
+                                            adopt_interval=adopt_interval)
         except BaseException:
             self.db.close()
             raise
@@ -768,7 +834,7 @@ def stream_put(store_url: str, manifest: Any, stream: str, record: Any,
     """`trapeze stream put`: append at the caller's clearance (or a lower label it names).
 
     A running runtime delivers the record within its poll interval (its scheduler reads the
-    lanes from the shared file).
+    lanes from the shared store).
     """
     from trapeze.runtime.streams import StreamEngine
 

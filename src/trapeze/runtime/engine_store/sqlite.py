@@ -1,25 +1,36 @@
-"""Durable tables of the stream and workflow engines (trusted).
+"""The engine tables in SQLite (trusted): one engine process per store file.
 
 The engines keep their own tables in the same SQLite file as the faceted store, through their
 own per-thread connections: WAL lets several connections share the file, every multi-statement
 write runs under ``BEGIN IMMEDIATE`` (so it never has to upgrade a read snapshot, which fails
 without waiting in WAL mode), and the busy timeout makes writers queue instead of failing.
+SQLite serialises every write, so a lane's record ids and its per-(stream, label) numbers are
+handed out in commit order without anything more.
 
-Labels are a column of every row, out of band: nothing in a record or an execution's data can
-change the label the engines attach to it. All SQL lives in :class:`EngineDB` so that a
-PostgreSQL implementation can follow with the same methods.
+Claims (see ``base.py``) are kept in this object's memory: the embedded setup runs one engine
+process per file (the CLI only reads, or appends records), and a new engine after a crash or
+``stop()`` opens a new object and so holds no stale claim. Two engine *processes* on one file
+would not exclude each other; several machines are what the PostgreSQL backend is for.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
+from trapeze.runtime.engine_store.base import (
+    ClaimLost,
+    EngineDB,
+    Lane,
+    StoredRecord,
+    dumps,
+    exec_claim,
+    loads,
+)
 from trapeze.store.sqlite import SqliteConfig, _Connections, parse_sqlite_url
 
 _SCHEMA = """
@@ -96,60 +107,56 @@ CREATE INDEX IF NOT EXISTS trapeze_wf_tokens_activity
 """
 
 
-def dumps(value: Any) -> str:
-    """Canonical compact JSON; NaN and infinities are not JSON and are refused."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-@dataclass(frozen=True)
-class StoredRecord:
-    id: int
-    partition: str
-    label: str
-    lane_seq: int
-    data: str
-    arrived: float
-
-
-@dataclass
-class Lane:
-    """One delivery lane: (stream, consumer, partition, label) and its checkpoint."""
-
-    stream: str
-    consumer: str
-    partition: str
-    label: str
-    last_id: int  # checkpoint: every record of the lane with id <= last_id is done
-    attempts: int
-    next_at: float
-    newest: int  # the lane's newest record id
-
-
-class EngineDB:
-    """The SQL of both engines, behind methods (one connection per thread)."""
+class SqliteEngineDB(EngineDB):
+    """The SQL of both engines on SQLite (one connection per thread)."""
 
     def __init__(self, config: SqliteConfig) -> None:
         self._conns = _Connections(config, lambda conn: None)
+        self._claims: set[str] = set()
+        self._claims_lock = threading.Lock()
         # Autocommit DDL: each CREATE ... IF NOT EXISTS takes the write lock on its own, so
         # two processes opening the same file at once both end up with the same schema.
         self._conn().executescript(_SCHEMA)
 
     @classmethod
-    def open(cls, url: str) -> EngineDB:
+    def from_url(cls, url: str) -> SqliteEngineDB:
         return cls(parse_sqlite_url(url))
 
     def close(self) -> None:
+        with self._claims_lock:
+            self._claims.clear()
         self._conns.close()
 
     def _conn(self) -> sqlite3.Connection:
         return self._conns.get()
 
+    # ------------------------------------------------------------------ claims
+    def claim(self, key: str) -> bool:
+        with self._claims_lock:
+            if key in self._claims:
+                return False
+            self._claims.add(key)
+            return True
+
+    def release(self, key: str) -> None:
+        with self._claims_lock:
+            self._claims.discard(key)
+
+    def claim_running_executions(self, exclude: Collection[str]) -> list[dict[str, Any]]:
+        skip = set(exclude)
+        return [row for row in self.executions(status="RUNNING")
+                if row["id"] not in skip and self.claim(exec_claim(row["id"]))]
+
+    def _fence(self, key: str) -> None:
+        with self._claims_lock:
+            if key not in self._claims:
+                raise ClaimLost(f"not holding the claim {key}")
+
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, fence: str | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction; with `fence`, refused (ClaimLost) unless the claim is held."""
+        if fence is not None:
+            self._fence(fence)
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -165,7 +172,6 @@ class EngineDB:
     # ================================================================== streams
     def append_record(self, stream: str, partition: str, label: str, data: str,
                       now: float) -> tuple[int, int]:
-        """Append a record; returns (global id, the lane's visible sequence number)."""
         with self.write() as conn:
             # The visible number counts only records of the same label, so what a viewer sees
             # never depends on how many records other labels put in between.
@@ -227,19 +233,20 @@ class EngineDB:
     def set_checkpoint(self, lane: Lane, last_id: int, attempts: int, next_at: float,
                        error: str | None = None,
                        dead: list[tuple[int, str, str | None, int]] | None = None) -> None:
-        """Move a lane's checkpoint; `dead` = [(record id, label, error, attempts)] to
-        dead-letter in the same transaction."""
         now = time.time()
-        with self.write() as conn:
-            conn.execute(
+        with self.write(lane.claim) as conn:
+            cur = conn.execute(
                 "INSERT INTO trapeze_stream_checkpoints (stream, consumer, partition, label,"
                 " last_id, attempts, next_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (stream, consumer, partition, label) DO UPDATE SET"
                 " last_id = excluded.last_id, attempts = excluded.attempts,"
-                " next_at = excluded.next_at, last_error = excluded.last_error",
+                " next_at = excluded.next_at, last_error = excluded.last_error"
+                " WHERE trapeze_stream_checkpoints.last_id <= excluded.last_id",
                 (lane.stream, lane.consumer, lane.partition, lane.label, last_id, attempts,
                  next_at, error),
             )
+            if cur.rowcount == 0:
+                return  # stale: the lane is already past this point
             for rid, label, err, tries in dead or []:
                 conn.execute(
                     "INSERT INTO trapeze_stream_dead_letters (stream, consumer, partition, label,"
@@ -332,7 +339,7 @@ class EngineDB:
 
     def event(self, exec_id: str, label: str, frame_id: str, kind: str, state: str | None,
               detail: Any = None) -> None:
-        with self.write() as conn:
+        with self.write(exec_claim(exec_id)) as conn:
             self._event(conn, exec_id, label, frame_id, kind, state, detail, time.time())
 
     def save_frame(self, exec_id: str, frame_id: str, *, state: str, step: int, input_text: str,
@@ -344,7 +351,7 @@ class EngineDB:
                    label_of_events: str | None = None, root: bool = False) -> None:
         """Persist one frame transition together with its history events, atomically."""
         now = time.time()
-        with self.write() as conn:
+        with self.write(exec_claim(exec_id)) as conn:
             conn.execute(
                 "INSERT INTO trapeze_wf_frames (exec_id, frame_id, state, step, input, label,"
                 " status, output, error, cause, retries, wait_until, token, entered)"
@@ -388,7 +395,7 @@ class EngineDB:
         now = time.time()
         kind = {"SUCCEEDED": "ExecutionSucceeded", "FAILED": "ExecutionFailed"}.get(
             status, "Execution" + status.title())
-        with self.write() as conn:
+        with self.write(exec_claim(exec_id)) as conn:
             conn.execute(
                 "UPDATE trapeze_wf_executions SET status = ?, label = ?, output = ?, error = ?,"
                 " cause = ?, updated = ? WHERE id = ?",
@@ -399,7 +406,7 @@ class EngineDB:
             self._event(conn, exec_id, label, "", kind, None, detail, now)
 
     def set_execution_label(self, exec_id: str, label: str) -> None:
-        with self.write() as conn:
+        with self.write(exec_claim(exec_id)) as conn:
             conn.execute("UPDATE trapeze_wf_executions SET label = ?, updated = ? WHERE id = ?",
                          (label, time.time(), exec_id))
 
