@@ -1,6 +1,10 @@
 """Shared fixtures: the session's PostgreSQL cluster (tests/pg_cluster.py), and those of the
 stream and workflow engine tests (tests/streams, tests/workflows, tests/platform).
 
+`db_url`/`db` run each engine test once per backend: SQLite (a file in tmp_path) and
+PostgreSQL (a fresh database in the session's throwaway cluster, skipped when the server
+binaries are missing).
+
 `invoke` here is a small in-process function table (a fake of the runtime's Invoker), used
 only in these engine unit tests: it runs plain Python callables at the label the engine asks
 for, lets them raise their label, and reports the final label the way the runtime does
@@ -23,6 +27,8 @@ from trapeze.labels import Lattice
 from trapeze.runtime.engine_store import EngineDB
 
 __all__ = ["_pg_databases", "pg_cluster", "pg_database"]
+
+ENGINE_BACKENDS = ("sqlite", "postgresql")
 
 LATTICE = Lattice.from_hasse({
     "public": ["alice", "bob"],
@@ -68,8 +74,11 @@ class FakeFunctions:
         return Result("ok", value, label=ctx.label)
 
 
-@pytest.fixture
-def db_url(tmp_path: Any) -> str:
+@pytest.fixture(params=ENGINE_BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """The URL of a fresh, empty database of the engine tables, per backend."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_database"))
     return f"sqlite:///{tmp_path / 'app.db'}"
 
 

@@ -1,4 +1,5 @@
-"""The stream engine against a real SQLite file, with the in-process fake function table."""
+"""The stream engine against each backend (a SQLite file, a PostgreSQL database), with the
+in-process fake function table."""
 
 from __future__ import annotations
 
@@ -235,12 +236,12 @@ def _low_view(eng: StreamEngine) -> list[Any]:
 
 
 @pytest.mark.parametrize("high", ["none", "ok", "fail", "hang"])
-def test_low_tail_is_the_same_whatever_happens_above(tmp_path: Any, lattice: Any, fake: Any,
+def test_low_tail_is_the_same_whatever_happens_above(db_url: str, lattice: Any, fake: Any,
                                                      high: str) -> None:
     """Run the same public puts with or without alice/bob records between them, whose
     consumers succeed, fail or hang: the public view (records, numbers, order, dead
     letters) is identical."""
-    db = EngineDB.open(f"sqlite:///{tmp_path / (high + '.db')}")
+    db = EngineDB.open(db_url)
     release = threading.Event()
 
     def consumer(event: Any, ctx: Any) -> None:
