@@ -75,9 +75,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    algorithms=(args.jwt_algorithm,), claim=args.jwt_claim,
                                    audience=args.jwt_audience, issuer=args.jwt_issuer)
     rt = app.start(_store_url(args, app), http=True, host=args.host, port=args.port,
-                   confine=not args.unconfined_dev, ifc=not args.no_ifc, jwt=jwt_settings)
+                   confine=not args.unconfined_dev, ifc=not args.no_ifc, jwt=jwt_settings,
+                   executor=args.executor, ray_address=args.ray_address)
     try:
-        print(f"trapeze: serving {app.name} on {rt.url} (store {rt.store_url})", flush=True)
+        print(f"trapeze: serving {app.name} on {rt.url} (store {_shown_url(rt.store_url)})",
+              flush=True)
+        if rt.executor == "ray":
+            print(f"  executor: ray, {len(rt._ray.nodes())} node(s)", flush=True)
         for route in app.manifest.routes:
             print(f"  {','.join(route.methods):12} {route.path} -> {route.function}", flush=True)
         stop.wait()
@@ -85,6 +89,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         rt.close()
     return 0
+
+
+def _shown_url(url: str) -> str:
+    """The store URL without its password (the banner goes to logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _read_event(args: argparse.Namespace) -> Any:
@@ -100,7 +115,8 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 
     app = App.load(args.app)
     event = _read_event(args)
-    with app.start(_store_url(args, app), confine=not args.unconfined_dev) as rt:
+    with app.start(_store_url(args, app), confine=not args.unconfined_dev,
+                   executor=args.executor, ray_address=args.ray_address) as rt:
         result = rt.invoke(args.function, event, as_principal=args.as_principal,
                            as_label=args.label)
     print(json.dumps({"status": result.status, "value": _jsonable(result.value),
@@ -253,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--data", help="data folder (the store is DATA/app.db)")
         g.add_argument("--store", help="store URL, e.g. sqlite:///path/app.db")
 
+    def with_executor(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="where invocations run: this machine's sandboxes (local) or "
+                             "every node of a Ray cluster (ray; needs --store postgresql://)")
+        sp.add_argument("--ray-address", metavar="ADDR",
+                        help="the Ray cluster to use with --executor ray: HEAD:PORT, or auto "
+                             "(the cluster 'ray start' runs on this machine; the default)")
+
     sp = sub.add_parser("check", help="validate an app's manifest")
     sp.add_argument("app")
     sp.set_defaults(func=cmd_check)
@@ -272,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jwt-audience")
     sp.add_argument("--jwt-issuer")
     with_store(sp)
+    with_executor(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("invoke", help="invoke one function and print its result")
@@ -283,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--label", help="run at this label (default: bottom, or the principal's)")
     sp.add_argument("--unconfined-dev", action="store_true")
     with_store(sp)
+    with_executor(sp)
     sp.set_defaults(func=cmd_invoke)
 
     sp = sub.add_parser("principal", help="manage principals and their API tokens")

@@ -10,6 +10,11 @@ This is the embedding API (DESIGN §9) the CLI, the tests and the benchmarks use
 `ifc=False` starts the benchmark baseline instead: the same functions in warm unconfined
 workers, a plain store, and the app's labels under an order where everything flows to
 everything, so every check passes (labels are still accepted, so the same code runs).
+
+`executor="ray"` runs the invocations on the nodes of a Ray cluster instead of in this
+process's sandboxes (runtime/executors/ray.py, docs/scaling.md); this process keeps the
+gateway, the principals and the stream and workflow engines, and every piece of state lives
+in the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -91,9 +96,14 @@ class App:
         confine: bool = True,
         ifc: bool = True,
         jwt: JwtSettings | None = None,
+        executor: str = "local",
+        ray_address: str | None = None,
     ) -> Runtime:
+        """Start the app. `executor`: "local" (sandboxes in this process) or "ray" (sandboxes
+        on every node of the Ray cluster at `ray_address`, default "auto"; needs a
+        postgresql:// store)."""
         rt = Runtime(self, store or self.default_store_url(ifc=ifc), confine=confine, ifc=ifc,
-                     jwt=jwt)
+                     jwt=jwt, executor=executor, ray_address=ray_address)
         try:
             rt.start(http=http, host=host, port=port)
         except BaseException:
@@ -115,7 +125,14 @@ class _LogSink:
 
 class Runtime:
     def __init__(self, app: App, store_url: str, *, confine: bool, ifc: bool,
-                 jwt: JwtSettings | None) -> None:
+                 jwt: JwtSettings | None, executor: str = "local",
+                 ray_address: str | None = None) -> None:
+        from trapeze.runtime.executors import check_executor
+
+        check_executor(executor, store_url, ifc=ifc)
+        self.executor = executor
+        self.ray_address = ray_address
+        self._ray: Any = None  # the RayExecutor, when executor == "ray"
         self.app = app
         self.manifest = app.manifest
         self.ifc = ifc
@@ -137,6 +154,23 @@ class Runtime:
     # ------------------------------------------------------------------ start / stop
     def start(self, *, http: bool, host: str, port: int) -> None:
         m = self.manifest
+        self._start_core()
+        assert self.invoker is not None
+        self.engines = Engines(self.store_url, self.lattice, m,
+                               invoker_adapter(self.invoker, self.lattice)).start()
+        self.invoker.engines = self.engines
+        self._register_dev_principals()
+        self.authenticator = Authenticator(
+            self.lattice, self._resolve_token, jwt_settings=self._jwt,
+            clearance_of=lambda p: getattr(self.system.get_principal(p), "clearance", None),
+        )
+        if http:
+            self._serve(host, port)
+
+    def _start_core(self) -> None:
+        """The store, the monitor and the invoker: what runs invocations. A Ray node's
+        headless runtime (executors/ray_node.py) starts only this, with the local executor."""
+        m = self.manifest
         _ensure_parent(self.store_url)
         if self.ifc:
             self.store = open_store(self.store_url, self.lattice)
@@ -149,29 +183,30 @@ class Runtime:
             self.lattice, self.store, audit,
             channels=self._channels(), declassifiers=self._declassifiers(),
         )
-        for name, spec in m.functions.items():
-            self._runners[name] = self._runner(spec)
-        for runner in self._runners.values():
-            runner.start()
         limits = {
             name: FunctionLimits(spec.timeout, spec.concurrency, spec.retries)
             for name, spec in m.functions.items()
         }
-        self.invoker = Invoker(
-            self.monitor, self._runners, limits, _LogSink(self.system.append_log),
-            concurrency=m.limits.concurrency, queue=m.limits.queue,
-        )
+        sink = _LogSink(self.system.append_log)
+        if self.executor == "ray":
+            # No sandbox here: every invocation runs on a node, where that node's own monitor
+            # handles the guest's calls (so channels and declassifiers act there too).
+            from trapeze.runtime.executors.ray import RayExecutor
+
+            self._ray = RayExecutor(self, self.ray_address)
+            self.invoker = self._ray.start(limits, sink)
+        else:
+            for name, spec in m.functions.items():
+                self._runners[name] = self._runner(spec)
+            for runner in self._runners.values():
+                runner.start()
+            self.invoker = self._local_invoker(limits, sink)
         self.monitor.dispatcher = self.invoker
-        self.engines = Engines(self.store_url, self.lattice, m,
-                               invoker_adapter(self.invoker, self.lattice)).start()
-        self.invoker.engines = self.engines
-        self._register_dev_principals()
-        self.authenticator = Authenticator(
-            self.lattice, self._resolve_token, jwt_settings=self._jwt,
-            clearance_of=lambda p: getattr(self.system.get_principal(p), "clearance", None),
-        )
-        if http:
-            self._serve(host, port)
+
+    def _local_invoker(self, limits: dict[str, FunctionLimits], sink: _LogSink) -> Invoker:
+        m = self.manifest
+        return Invoker(self.monitor, self._runners, limits, sink,
+                       concurrency=m.limits.concurrency, queue=m.limits.queue)
 
     def _runner(self, spec: Any) -> Runner:
         from trapeze.sandbox import Sandbox, SandboxSpec
@@ -283,6 +318,9 @@ class Runtime:
         if self.engines is not None:
             # Before the store closes: engine threads may still be inside SQLite.
             self.engines.close()
+        if self._ray is not None:
+            # After the engines (they invoke through it), before the store.
+            self._ray.close(drain_timeout)
         for runner in self._runners.values():
             try:
                 runner.close()
