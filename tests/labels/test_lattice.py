@@ -157,3 +157,14 @@ def test_unknown_labels_are_named(label: str, message: str) -> None:
     with pytest.raises(UnknownLabelError, match=message):
         lat.flows(label, "top")
     assert not lat.is_label(label)
+
+
+def test_a_lattice_survives_pickling_with_its_caches_rebuilt() -> None:
+    """The Ray executor sends the manifest (with its lattice) to every node by pickle."""
+    import pickle
+
+    lat = Lattice.from_hasse({"public": ["user:*"], "user:*": ["admin"], "admin": []})
+    assert lat.flows("public", "user:a")  # fill the caches first
+    copy = pickle.loads(pickle.dumps(lat))
+    assert copy.flows("public", "user:a") and not copy.flows("user:a", "user:b")
+    assert copy.join("user:a", "user:b") == "admin" and copy.bottom == "public"

@@ -64,10 +64,25 @@ class Lattice:
         self._plain = frozenset(n for n in self._above if n not in self._families)
         self._bottom = self._find_extreme(minimal=True)
         self._top = self._find_extreme(minimal=False)
+        self._add_caches()
+
+    def _add_caches(self) -> None:
         self.flows = lru_cache(maxsize=65536)(self._flows)  # type: ignore[method-assign]
         self.join = lru_cache(maxsize=16384)(self._join)  # type: ignore[method-assign]
         self.meet = lru_cache(maxsize=16384)(self._meet)  # type: ignore[method-assign]
         self.parse = lru_cache(maxsize=65536)(self._parse)  # type: ignore[method-assign]
+
+    # A lattice travels by pickle to the Ray executor's nodes with the manifest; the caches
+    # (per-instance wrappers, which pickle cannot carry) are rebuilt empty on arrival.
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        for name in ("flows", "join", "meet", "parse"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._add_caches()
 
     # ----------------------------------------------------------------- construction
     @classmethod

@@ -235,7 +235,7 @@ class RayExecutor:
                     max_restarts=-1,  # a crashed agent process comes back on its node
                     max_task_retries=0,  # retrying an invocation is our policy, not Ray's
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-                ).remote(str(self.runtime.manifest.root), self._digest, self.runtime.store_url,
+                ).remote(self.runtime.manifest, self._digest, self.runtime.store_url,
                          self.runtime.confine, self._bridge_name)
                 self._agents[node_id] = _Agent(node_id, handle, handle.ready.remote())
         for agent in dropped:

@@ -35,6 +35,7 @@ from typing import Any
 
 from trapeze.errors import GUEST_ERROR_KINDS, GuestVisibleError, TrapezeError
 from trapeze.monitor import Invocation
+from trapeze.policy import Manifest
 from trapeze.runtime.app import App, Runtime
 from trapeze.runtime.invoker import FunctionLimits, InvocationResult, Invoker
 
@@ -192,18 +193,23 @@ class NodeAgent:
     """One per node (a Ray actor). Everything it does is the local executor's: the same
     Runtime core, Sandboxes, Monitor and Invoker, on the shared PostgreSQL store."""
 
-    def __init__(self, app_dir: str, digest: str, store_url: str, confine: bool,
+    def __init__(self, manifest: Manifest, digest: str, store_url: str, confine: bool,
                  bridge_name: str) -> None:
         import ray
 
         logging.basicConfig(level=logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
-        app = App.load(app_dir)
-        mine = app_digest(app.manifest.root)
+        # The gateway's manifest itself (an embedding program may have adjusted it in memory,
+        # e.g. pointed a channel elsewhere), so that every node enforces exactly the policy
+        # the gateway validated; the code it names is read from this node's disk and must be
+        # the gateway's, file for file.
+        app = App(manifest)
+        mine = app_digest(manifest.root)
         if mine != digest:
             raise TrapezeError(
-                f"the app at {app_dir} on this node differs from the gateway's (digest "
-                f"{mine[:12]} here, {digest[:12]} there): deploy the same app to every node"
+                f"the app at {manifest.root} on this node differs from the gateway's (digest "
+                f"{mine[:12]} here, {digest[:12]} there): deploy the same app, at the same "
+                "path, to every node"
             )
         bridge = _BridgeClient(ray.get_actor(bridge_name))
         self.runtime = NodeRuntime(app, store_url, confine=confine, bridge=bridge)
