@@ -294,3 +294,6 @@ def test_bad_puts_are_refused_clearly(db: Any, lattice: Any, fake: Any) -> None:
     # Nothing was stored by the refused puts.
     out = eng.put("events", {"ok": True}, None, "public")
     assert out == {"sequence": "000000000001/public", "partition": "default"}
+    # A limit of 0 is allowed and means no records (on every backend).
+    assert eng.tail("events", "public", 0) == []
+    assert len(eng.tail("events", "public", 1)) == 1

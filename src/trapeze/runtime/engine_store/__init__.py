@@ -2,8 +2,9 @@
 
 The engines keep their tables next to the faceted store: in the same SQLite file
 (``sqlite.py``), or in the same PostgreSQL database and schema (``postgres.py``), so that
-several processes or machines can run the engines on one database. All SQL lives in those
-two modules; ``base.py`` holds the interface, :class:`EngineDB`, and what the engines share.
+several processes or machines can run the engines on one database. Their SQL lives in those
+two modules; ``base.py`` holds the interface, :class:`EngineDB`, and the steps that are the
+same on both backends (run over each backend's SQL, :class:`EngineSQL`).
 
 >>> db = EngineDB.open("postgresql://app@db.internal:5432/trapeze")   # or open_engine_db(url)
 

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -69,13 +69,16 @@ import psycopg
 
 from trapeze.runtime.engine_store.base import (
     EXEC_CLAIM_PREFIX,
+    EXECUTION_COLUMNS,
+    FRAME_COLUMNS,
+    RECORD_COLUMNS,
+    TOKEN_COLUMNS,
     ClaimLost,
     EngineDB,
-    Lane,
+    EngineSQL,
     StoredRecord,
     dumps,
     exec_claim,
-    loads,
 )
 from trapeze.store.postgres import (
     PostgresConfig,
@@ -188,23 +191,6 @@ WITH counter AS (
 )
 SELECT id, lane_seq FROM rec"""
 
-_CHECKPOINT = (
-    "INSERT INTO {s}.trapeze_stream_checkpoints AS c (stream, consumer, partition, label,"
-    " last_id, attempts, next_at, last_error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT (stream, consumer, partition, label) DO UPDATE SET"
-    " last_id = EXCLUDED.last_id, attempts = EXCLUDED.attempts,"
-    " next_at = EXCLUDED.next_at, last_error = EXCLUDED.last_error"
-    " WHERE c.last_id <= EXCLUDED.last_id"  # never backwards
-)
-_DEAD_LETTER = (
-    "INSERT INTO {s}.trapeze_stream_dead_letters (stream, consumer, partition, label,"
-    " record_id, attempts, error, time) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-)
-_EVENT = (
-    "INSERT INTO {s}.trapeze_wf_history (exec_id, time, label, frame_id, type, state, detail)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-)
-
 # Is the advisory lock on hash(key) granted to the claim session (pid)? A bigint lock shows
 # its high half in classid, its low half in objid, and objsubid 1.
 _FENCE = (
@@ -221,6 +207,89 @@ _CLAIM_RUNNING = (
     " WHERE status = 'RUNNING' AND NOT (id = ANY(%(skip)s)) ORDER BY created, id OFFSET 0)"
     " AS candidate WHERE pg_try_advisory_lock(hashtextextended(%(prefix)s || id, 0))"
 )
+
+_SQL = EngineSQL(
+    param="%s",
+    lanes=(
+        "SELECT l.partition, l.label, l.last_id, COALESCE(c.last_id, 0),"
+        " COALESCE(c.attempts, 0), COALESCE(c.next_at, 0)"
+        " FROM {s}.trapeze_stream_lanes l LEFT JOIN {s}.trapeze_stream_checkpoints c"
+        " ON c.stream = l.stream AND c.consumer = %s AND c.partition = l.partition"
+        " AND c.label = l.label WHERE l.stream = %s"
+    ),
+    first_pending=(
+        "SELECT MIN(id) FROM {s}.trapeze_stream_records WHERE stream = %s"
+        " AND partition = %s AND label = %s AND id > %s"
+    ),
+    lane_records=(
+        f"SELECT {RECORD_COLUMNS} FROM {{s}}.trapeze_stream_records WHERE stream = %s"
+        " AND partition = %s AND label = %s AND id > %s AND id < %s ORDER BY id LIMIT %s"
+    ),
+    upsert_checkpoint=(
+        "INSERT INTO {s}.trapeze_stream_checkpoints AS c (stream, consumer, partition, label,"
+        " last_id, attempts, next_at, last_error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (stream, consumer, partition, label) DO UPDATE SET"
+        " last_id = EXCLUDED.last_id, attempts = EXCLUDED.attempts,"
+        " next_at = EXCLUDED.next_at, last_error = EXCLUDED.last_error"
+        " WHERE c.last_id <= EXCLUDED.last_id"  # never backwards
+    ),
+    insert_dead_letter=(
+        "INSERT INTO {s}.trapeze_stream_dead_letters (stream, consumer, partition, label,"
+        " record_id, attempts, error, time) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    ),
+    dead_letters=(
+        "SELECT d.consumer, d.partition, d.label, d.attempts, d.error, d.time, r.label,"
+        " r.lane_seq, r.data FROM {s}.trapeze_stream_dead_letters d"
+        " JOIN {s}.trapeze_stream_records r ON r.id = d.record_id"
+        " WHERE d.stream = %s ORDER BY d.id"
+    ),
+    start_labels=(
+        "SELECT start_label FROM {s}.trapeze_wf_executions WHERE workflow = %s AND name = %s"
+    ),
+    insert_execution=(
+        "INSERT INTO {s}.trapeze_wf_executions (id, workflow, name, start_label, label,"
+        " status, input, created, updated)"
+        " VALUES (%s, %s, %s, %s, %s, 'RUNNING', %s, %s, %s)"
+    ),
+    insert_root_frame=(
+        "INSERT INTO {s}.trapeze_wf_frames (exec_id, frame_id, state, step, input, label,"
+        " status, retries, entered) VALUES (%s, '', %s, 0, %s, %s, 'running', '{}', %s)"
+    ),
+    upsert_frame=(
+        "INSERT INTO {s}.trapeze_wf_frames (exec_id, frame_id, state, step, input, label,"
+        " status, output, error, cause, retries, wait_until, token, entered)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (exec_id, frame_id) DO UPDATE SET"
+        " state = EXCLUDED.state, step = EXCLUDED.step,"
+        " input = EXCLUDED.input, label = EXCLUDED.label,"
+        " status = EXCLUDED.status, output = EXCLUDED.output,"
+        " error = EXCLUDED.error, cause = EXCLUDED.cause,"
+        " retries = EXCLUDED.retries, wait_until = EXCLUDED.wait_until,"
+        " token = EXCLUDED.token, entered = EXCLUDED.entered"
+    ),
+    frame=(
+        f"SELECT {', '.join(FRAME_COLUMNS)} FROM {{s}}.trapeze_wf_frames"
+        " WHERE exec_id = %s AND frame_id = %s"
+    ),
+    set_execution_label=(
+        "UPDATE {s}.trapeze_wf_executions SET label = %s, updated = %s WHERE id = %s"
+    ),
+    finish_execution=(
+        "UPDATE {s}.trapeze_wf_executions SET status = %s, label = %s, output = %s,"
+        " error = %s, cause = %s, updated = %s WHERE id = %s"
+    ),
+    executions=f"SELECT {', '.join(EXECUTION_COLUMNS)} FROM {{s}}.trapeze_wf_executions",
+    insert_history_event=(
+        "INSERT INTO {s}.trapeze_wf_history (exec_id, time, label, frame_id, type, state,"
+        " detail) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    ),
+    history=(
+        "SELECT id, time, label, frame_id, type, state, detail FROM {s}.trapeze_wf_history"
+        " WHERE exec_id = %s ORDER BY id"
+    ),
+    token=f"SELECT {', '.join(TOKEN_COLUMNS)} FROM {{s}}.trapeze_wf_tokens WHERE token = %s",
+)
+
 
 _T = TypeVar("_T")
 
@@ -347,9 +416,10 @@ class _ClaimSession:
 
 
 class PostgresEngineDB(EngineDB):
-    """The SQL of both engines on PostgreSQL (a connection pool, and a claim session)."""
+    """The engine tables on PostgreSQL (a connection pool, and a claim session)."""
 
     adopt_interval = 2.0
+    sql = _SQL
 
     def __init__(self, config: PostgresConfig) -> None:
         self.config = config
@@ -358,7 +428,7 @@ class PostgresEngineDB(EngineDB):
             c, s, ("engine",), config.target, versions=ENGINE_SCHEMA_VERSIONS,
             ddl=_ENGINE_DDL_BY_COMPONENT, migrations=_ENGINE_MIGRATIONS))
         self._claims = _ClaimSession(config, f"trapeze:{s}:")
-        self._sql: dict[str, str] = {}
+        self._filled: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str) -> PostgresEngineDB:
@@ -371,16 +441,16 @@ class PostgresEngineDB(EngineDB):
         self._claims.close()
         self._pool.close()
 
+    # ------------------------------------------------------------------ primitives
     def _q(self, template: str) -> str:
         """A statement with the schema filled in (cached: the templates are fixed text)."""
-        text = self._sql.get(template)
+        text = self._filled.get(template)
         if text is None:
-            text = self._sql[template] = _q(template, self.config.schema)
+            text = self._filled[template] = _q(template, self.config.schema)
         return text
 
     @contextmanager
     def _write(self, fence: str | None = None) -> Iterator[psycopg.Connection[Any]]:
-        """A transaction; with `fence`, refused (ClaimLost) unless the claim is still held."""
         with self._pool.conn() as conn, conn.transaction():
             if fence is not None:
                 self._claims.check(conn, fence)
@@ -389,6 +459,15 @@ class PostgresEngineDB(EngineDB):
     def _read(self, template: str, params: Any = ()) -> list[tuple[Any, ...]]:
         with self._pool.conn() as conn:
             return conn.execute(self._q(template), params).fetchall()
+
+    def _execute(self, conn: psycopg.Connection[Any], template: str,
+                 params: Sequence[Any]) -> psycopg.Cursor[Any]:
+        return conn.execute(self._q(template), params)
+
+    def _execute_many(self, conn: psycopg.Connection[Any], template: str,
+                      rows: list[tuple[Any, ...]]) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(self._q(template), rows)
 
     def is_transient(self, exc: BaseException) -> bool:
         # Connection lost, server shutting down, pool exhausted, deadlock/serialization
@@ -427,244 +506,32 @@ class PostgresEngineDB(EngineDB):
         rid, n = rows[0]
         return int(rid), int(n)
 
-    def lanes(self, stream: str, consumer: str) -> list[Lane]:
-        rows = self._read(
-            "SELECT l.partition, l.label, l.last_id, COALESCE(c.last_id, 0),"
-            " COALESCE(c.attempts, 0), COALESCE(c.next_at, 0)"
-            " FROM {s}.trapeze_stream_lanes l LEFT JOIN {s}.trapeze_stream_checkpoints c"
-            " ON c.stream = l.stream AND c.consumer = %s AND c.partition = l.partition"
-            " AND c.label = l.label WHERE l.stream = %s",
-            (consumer, stream),
-        )
-        return [
-            Lane(stream, consumer, p, lab, int(done), int(att), float(nxt), int(newest))
-            for p, lab, newest, done, att, nxt in rows
-        ]
-
-    def first_pending(self, stream: str, partition: str, label: str, after: int) -> int | None:
-        row = self._read(
-            "SELECT MIN(id) FROM {s}.trapeze_stream_records WHERE stream = %s"
-            " AND partition = %s AND label = %s AND id > %s",
-            (stream, partition, label, after),
-        )[0]
-        return None if row[0] is None else int(row[0])
-
-    def lane_records(self, stream: str, partition: str, label: str, after: int, before: int,
-                     limit: int) -> list[StoredRecord]:
-        rows = self._read(
-            "SELECT id, partition, label, lane_seq, data, arrived"
-            " FROM {s}.trapeze_stream_records WHERE stream = %s AND partition = %s"
-            " AND label = %s AND id > %s AND id < %s ORDER BY id LIMIT %s",
-            (stream, partition, label, after, before, limit),
-        )
-        return [StoredRecord(int(a), b, c, int(d), e, float(f)) for a, b, c, d, e, f in rows]
-
-    def set_checkpoint(self, lane: Lane, last_id: int, attempts: int, next_at: float,
-                       error: str | None = None,
-                       dead: list[tuple[int, str, str | None, int]] | None = None) -> None:
-        now = time.time()
-        with self._write(lane.claim) as conn:
-            cur = conn.execute(self._q(_CHECKPOINT), (
-                lane.stream, lane.consumer, lane.partition, lane.label, last_id, attempts,
-                next_at, error))
-            if cur.rowcount == 0:
-                return  # stale: the lane is already past this point
-            if dead:
-                with conn.cursor() as c:
-                    c.executemany(self._q(_DEAD_LETTER), [
-                        (lane.stream, lane.consumer, lane.partition, label, rid, tries, err,
-                         now) for rid, label, err, tries in dead])
-
-    def add_dead_letters(self, stream: str, consumer: str, partition: str, label: str,
-                         record_ids: list[int], attempts: int, error: str | None) -> None:
-        now = time.time()
-        with self._write() as conn, conn.cursor() as c:
-            c.executemany(self._q(_DEAD_LETTER), [
-                (stream, consumer, partition, label, rid, attempts, error, now)
-                for rid in record_ids])
-
-    def stream_rows(self, stream: str, newest_first: bool, limit: int,
-                    visible: Callable[[str], bool]) -> list[StoredRecord]:
-        # Pages by id: `visible` is Python (the lattice), so the filter cannot run in SQL.
+    def _records_in_order(self, stream: str, newest_first: bool) -> Iterator[StoredRecord]:
+        # Pages by id: a psycopg cursor fetches its whole result at once, so one query would
+        # read the whole stream even when the caller stops after a few records.
         order, cmp = ("DESC", "<") if newest_first else ("ASC", ">")
-        base = ("SELECT id, partition, label, lane_seq, data, arrived"
-                " FROM {s}.trapeze_stream_records WHERE stream = %s")
-        out: list[StoredRecord] = []
+        base = f"SELECT {RECORD_COLUMNS} FROM {{s}}.trapeze_stream_records WHERE stream = %s"
         after: int | None = None
         page = 500
-        while len(out) < limit:
+        while True:
             if after is None:
                 rows = self._read(base + f" ORDER BY id {order} LIMIT %s", (stream, page))
             else:
                 rows = self._read(base + f" AND id {cmp} %s ORDER BY id {order} LIMIT %s",
                                   (stream, after, page))
-            for a, b, c, d, e, f in rows:
-                if visible(c):
-                    out.append(StoredRecord(int(a), b, c, int(d), e, float(f)))
-                    if len(out) >= limit:
-                        break
+            for row in rows:
+                yield StoredRecord.from_row(row)
             if len(rows) < page:
-                break
+                return
             after = int(rows[-1][0])
-        return out
-
-    def dead_letter_rows(self, stream: str) -> list[tuple[Any, ...]]:
-        return self._read(
-            "SELECT d.consumer, d.partition, d.label, d.attempts, d.error, d.time, r.label,"
-            " r.lane_seq, r.data FROM {s}.trapeze_stream_dead_letters d"
-            " JOIN {s}.trapeze_stream_records r ON r.id = d.record_id"
-            " WHERE d.stream = %s ORDER BY d.id",
-            (stream,),
-        )
 
     # ================================================================== workflows
-    def create_execution(self, exec_id: str, workflow: str, name: str, label: str,
-                         input_text: str, visible_clash: Callable[[str], bool],
-                         root_state: str) -> bool:
-        now = time.time()
-        with self._write() as conn:
-            # Serialises starters of this (workflow, name) on every machine until commit.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                         (self._claims.prefix + "name:" + dumps([workflow, name]),))
-            rows = conn.execute(
-                self._q("SELECT start_label FROM {s}.trapeze_wf_executions"
-                        " WHERE workflow = %s AND name = %s"),
-                (workflow, name),
-            ).fetchall()
-            if any(visible_clash(r[0]) for r in rows):
-                return False
-            conn.execute(
-                self._q("INSERT INTO {s}.trapeze_wf_executions (id, workflow, name,"
-                        " start_label, label, status, input, created, updated)"
-                        " VALUES (%s, %s, %s, %s, %s, 'RUNNING', %s, %s, %s)"),
-                (exec_id, workflow, name, label, label, input_text, now, now),
-            )
-            conn.execute(
-                self._q("INSERT INTO {s}.trapeze_wf_frames (exec_id, frame_id, state, step,"
-                        " input, label, status, retries, entered)"
-                        " VALUES (%s, '', %s, 0, %s, %s, 'running', '{}', %s)"),
-                (exec_id, root_state, input_text, label, now),
-            )
-            inp = {"input": loads(input_text)}
-            self._events(conn, exec_id, label, "", [("ExecutionStarted", None, inp),
-                                                    ("StateEntered", root_state, inp)], now)
-        return True
-
-    def _events(self, conn: psycopg.Connection[Any], exec_id: str, label: str,
-                frame_id: str, events: list[tuple[str, str | None, Any]], now: float) -> None:
-        if not events:
-            return
-        with conn.cursor() as cur:
-            cur.executemany(self._q(_EVENT), [
-                (exec_id, now, label, frame_id, kind, state,
-                 None if detail is None else dumps(detail))
-                for kind, state, detail in events])
-
-    def event(self, exec_id: str, label: str, frame_id: str, kind: str, state: str | None,
-              detail: Any = None) -> None:
-        with self._write(exec_claim(exec_id)) as conn:
-            self._events(conn, exec_id, label, frame_id, [(kind, state, detail)], time.time())
-
-    def save_frame(self, exec_id: str, frame_id: str, *, state: str, step: int,
-                   input_text: str, label: str, status: str, retries: dict[str, int],
-                   output_text: str | None = None, error: str | None = None,
-                   cause: str | None = None, wait_until: float | None = None,
-                   token: str | None = None,
-                   events: list[tuple[str, str | None, Any]] | None = None,
-                   label_of_events: str | None = None, root: bool = False) -> None:
-        now = time.time()
-        with self._write(exec_claim(exec_id)) as conn:
-            conn.execute(
-                self._q("INSERT INTO {s}.trapeze_wf_frames (exec_id, frame_id, state, step,"
-                        " input, label, status, output, error, cause, retries, wait_until,"
-                        " token, entered)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                        " ON CONFLICT (exec_id, frame_id) DO UPDATE SET"
-                        " state = EXCLUDED.state, step = EXCLUDED.step,"
-                        " input = EXCLUDED.input, label = EXCLUDED.label,"
-                        " status = EXCLUDED.status, output = EXCLUDED.output,"
-                        " error = EXCLUDED.error, cause = EXCLUDED.cause,"
-                        " retries = EXCLUDED.retries, wait_until = EXCLUDED.wait_until,"
-                        " token = EXCLUDED.token, entered = EXCLUDED.entered"),
-                (exec_id, frame_id, state, step, input_text, label, status, output_text,
-                 error, cause, dumps(retries), wait_until, token, now),
-            )
-            if root:
-                # The execution row's label is that of its root frame: it guards the status
-                # fields a viewer may see.
-                conn.execute(self._q("UPDATE {s}.trapeze_wf_executions SET label = %s,"
-                                     " updated = %s WHERE id = %s"), (label, now, exec_id))
-            self._events(conn, exec_id, label_of_events or label, frame_id, events or [], now)
-
-    def frame(self, exec_id: str, frame_id: str) -> dict[str, Any] | None:
-        rows = self._read(
-            "SELECT state, step, input, label, status, output, error, cause, retries,"
-            " wait_until, token, entered FROM {s}.trapeze_wf_frames"
-            " WHERE exec_id = %s AND frame_id = %s",
-            (exec_id, frame_id),
-        )
-        if not rows:
-            return None
-        (state, step, inp, label, status, out, err, cause, retries, wait_until, token,
-         entered) = rows[0]
-        return {"state": state, "step": int(step), "input": inp, "label": label,
-                "status": status, "output": out, "error": err, "cause": cause,
-                "retries": loads(retries), "wait_until": wait_until, "token": token,
-                "entered": entered}
-
-    def finish_execution(self, exec_id: str, status: str, label: str,
-                         output_text: str | None, error: str | None,
-                         cause: str | None) -> None:
-        now = time.time()
-        kind = {"SUCCEEDED": "ExecutionSucceeded", "FAILED": "ExecutionFailed"}.get(
-            status, "Execution" + status.title())
-        detail: dict[str, Any] = {"output": loads(output_text)} if status == "SUCCEEDED" \
-            else {"error": error, "cause": cause}
-        with self._write(exec_claim(exec_id)) as conn:
-            conn.execute(
-                self._q("UPDATE {s}.trapeze_wf_executions SET status = %s, label = %s,"
-                        " output = %s, error = %s, cause = %s, updated = %s WHERE id = %s"),
-                (status, label, output_text, error, cause, now, exec_id),
-            )
-            self._events(conn, exec_id, label, "", [(kind, None, detail)], now)
-
-    def set_execution_label(self, exec_id: str, label: str) -> None:
-        with self._write(exec_claim(exec_id)) as conn:
-            conn.execute(self._q("UPDATE {s}.trapeze_wf_executions SET label = %s,"
-                                 " updated = %s WHERE id = %s"), (label, time.time(), exec_id))
-
-    _EXEC_KEYS = ("id", "workflow", "name", "start_label", "label", "status", "input",
-                  "output", "error", "cause", "created", "updated")
-
-    def _executions(self, where: str, params: list[Any]) -> list[dict[str, Any]]:
-        sql = ("SELECT id, workflow, name, start_label, label, status, input, output, error,"
-               " cause, created, updated FROM {s}.trapeze_wf_executions")
-        if where:
-            sql += " WHERE " + where
-        sql += " ORDER BY created, id"
-        return [dict(zip(self._EXEC_KEYS, row, strict=True))
-                for row in self._read(sql, params)]
-
-    def executions(self, *, workflow: str | None = None, status: str | None = None,
-                   exec_id: str | None = None, name: str | None = None
-                   ) -> list[dict[str, Any]]:
-        where, params = [], []
-        # Column names from this fixed list only; the values are bound.
-        for col, val in (("workflow", workflow), ("status", status), ("id", exec_id),
-                         ("name", name)):
-            if val is not None:
-                where.append(f"{col} = %s")
-                params.append(val)
-        return self._executions(" AND ".join(where), params)
-
-    def history(self, exec_id: str) -> list[dict[str, Any]]:
-        rows = self._read(
-            "SELECT id, time, label, frame_id, type, state, detail FROM {s}.trapeze_wf_history"
-            " WHERE exec_id = %s ORDER BY id",
-            (exec_id,),
-        )
-        return [{"id": int(i), "time": t, "label": lab, "frame": f, "type": k, "state": s,
-                 "detail": loads(d)} for i, t, lab, f, k, s, d in rows]
+    def _serialise_starts(self, conn: psycopg.Connection[Any], workflow: str,
+                          name: str) -> None:
+        # Serialises starters of this (workflow, name) on every machine until commit (a row
+        # that does not exist yet cannot be locked).
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     (self._claims.prefix + "name:" + dumps([workflow, name]),))
 
     # ------------------------------------------------------------------ task tokens
     def new_token(self, token: str, exec_id: str, frame_id: str, label: str,
@@ -675,18 +542,6 @@ class PostgresEngineDB(EngineDB):
             " ON CONFLICT (token) DO NOTHING RETURNING token",
             (token, exec_id, frame_id, label, activity, input_text, time.time()),
         )
-
-    def token(self, token: str) -> dict[str, Any] | None:
-        rows = self._read(
-            "SELECT exec_id, frame_id, label, activity, input, status, output, error, cause"
-            " FROM {s}.trapeze_wf_tokens WHERE token = %s",
-            (token,),
-        )
-        if not rows:
-            return None
-        keys = ("exec_id", "frame_id", "label", "activity", "input", "status", "output",
-                "error", "cause")
-        return dict(zip(keys, rows[0], strict=True))
 
     def settle_token(self, token: str, status: str, output_text: str | None,
                      error: str | None, cause: str | None) -> bool:

@@ -18,18 +18,20 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from trapeze.runtime.engine_store.base import (
+    EXECUTION_COLUMNS,
+    FRAME_COLUMNS,
+    RECORD_COLUMNS,
+    TOKEN_COLUMNS,
     ClaimLost,
     EngineDB,
-    Lane,
+    EngineSQL,
     StoredRecord,
-    dumps,
     exec_claim,
-    loads,
 )
 from trapeze.store.sqlite import SqliteConfig, _Connections, parse_sqlite_url
 
@@ -107,8 +109,88 @@ CREATE INDEX IF NOT EXISTS trapeze_wf_tokens_activity
 """
 
 
+_SQL = EngineSQL(
+    param="?",
+    lanes=(
+        "SELECT l.partition, l.label, l.last_id, COALESCE(c.last_id, 0),"
+        " COALESCE(c.attempts, 0), COALESCE(c.next_at, 0) "
+        "FROM trapeze_stream_lanes l LEFT JOIN trapeze_stream_checkpoints c "
+        "ON c.stream = l.stream AND c.consumer = ? AND c.partition = l.partition"
+        " AND c.label = l.label WHERE l.stream = ?"
+    ),
+    first_pending=(
+        "SELECT MIN(id) FROM trapeze_stream_records WHERE stream = ? AND partition = ?"
+        " AND label = ? AND id > ?"
+    ),
+    lane_records=(
+        f"SELECT {RECORD_COLUMNS} FROM trapeze_stream_records "
+        "WHERE stream = ? AND partition = ? AND label = ? AND id > ? AND id < ? "
+        "ORDER BY id LIMIT ?"
+    ),
+    upsert_checkpoint=(
+        "INSERT INTO trapeze_stream_checkpoints (stream, consumer, partition, label,"
+        " last_id, attempts, next_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (stream, consumer, partition, label) DO UPDATE SET"
+        " last_id = excluded.last_id, attempts = excluded.attempts,"
+        " next_at = excluded.next_at, last_error = excluded.last_error"
+        " WHERE trapeze_stream_checkpoints.last_id <= excluded.last_id"
+    ),
+    insert_dead_letter=(
+        "INSERT INTO trapeze_stream_dead_letters (stream, consumer, partition, label,"
+        " record_id, attempts, error, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    ),
+    dead_letters=(
+        "SELECT d.consumer, d.partition, d.label, d.attempts, d.error, d.time, r.label,"
+        " r.lane_seq, r.data FROM trapeze_stream_dead_letters d"
+        " JOIN trapeze_stream_records r ON r.id = d.record_id"
+        " WHERE d.stream = ? ORDER BY d.id"
+    ),
+    start_labels="SELECT start_label FROM trapeze_wf_executions WHERE workflow = ? AND name = ?",
+    insert_execution=(
+        "INSERT INTO trapeze_wf_executions (id, workflow, name, start_label, label,"
+        " status, input, created, updated) VALUES (?, ?, ?, ?, ?, 'RUNNING', ?, ?, ?)"
+    ),
+    insert_root_frame=(
+        "INSERT INTO trapeze_wf_frames (exec_id, frame_id, state, step, input, label,"
+        " status, retries, entered) VALUES (?, '', ?, 0, ?, ?, 'running', '{}', ?)"
+    ),
+    upsert_frame=(
+        "INSERT INTO trapeze_wf_frames (exec_id, frame_id, state, step, input, label,"
+        " status, output, error, cause, retries, wait_until, token, entered)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (exec_id, frame_id) DO UPDATE SET state = excluded.state,"
+        " step = excluded.step, input = excluded.input, label = excluded.label,"
+        " status = excluded.status, output = excluded.output, error = excluded.error,"
+        " cause = excluded.cause, retries = excluded.retries,"
+        " wait_until = excluded.wait_until, token = excluded.token,"
+        " entered = excluded.entered"
+    ),
+    frame=(
+        f"SELECT {', '.join(FRAME_COLUMNS)} FROM trapeze_wf_frames"
+        " WHERE exec_id = ? AND frame_id = ?"
+    ),
+    set_execution_label="UPDATE trapeze_wf_executions SET label = ?, updated = ? WHERE id = ?",
+    finish_execution=(
+        "UPDATE trapeze_wf_executions SET status = ?, label = ?, output = ?, error = ?,"
+        " cause = ?, updated = ? WHERE id = ?"
+    ),
+    executions=f"SELECT {', '.join(EXECUTION_COLUMNS)} FROM trapeze_wf_executions",
+    insert_history_event=(
+        "INSERT INTO trapeze_wf_history (exec_id, time, label, frame_id, type, state, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    ),
+    history=(
+        "SELECT id, time, label, frame_id, type, state, detail FROM trapeze_wf_history"
+        " WHERE exec_id = ? ORDER BY id"
+    ),
+    token=f"SELECT {', '.join(TOKEN_COLUMNS)} FROM trapeze_wf_tokens WHERE token = ?",
+)
+
+
 class SqliteEngineDB(EngineDB):
-    """The SQL of both engines on SQLite (one connection per thread)."""
+    """The engine tables on SQLite (one connection per thread, claims in memory)."""
+
+    sql = _SQL
 
     def __init__(self, config: SqliteConfig) -> None:
         self._conns = _Connections(config, lambda conn: None)
@@ -130,6 +212,36 @@ class SqliteEngineDB(EngineDB):
     def _conn(self) -> sqlite3.Connection:
         return self._conns.get()
 
+    # ------------------------------------------------------------------ primitives
+    def _fence(self, key: str) -> None:
+        with self._claims_lock:
+            if key not in self._claims:
+                raise ClaimLost(f"not holding the claim {key}")
+
+    @contextmanager
+    def _write(self, fence: str | None = None) -> Iterator[sqlite3.Connection]:
+        if fence is not None:
+            self._fence(fence)
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def _execute(self, conn: sqlite3.Connection, sql: str,
+                 params: Sequence[Any]) -> sqlite3.Cursor:
+        return conn.execute(sql, params)
+
+    def _execute_many(self, conn: sqlite3.Connection, sql: str,
+                      rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(sql, rows)
+
     # ------------------------------------------------------------------ claims
     def claim(self, key: str) -> bool:
         with self._claims_lock:
@@ -147,32 +259,10 @@ class SqliteEngineDB(EngineDB):
         return [row for row in self.executions(status="RUNNING")
                 if row["id"] not in skip and self.claim(exec_claim(row["id"]))]
 
-    def _fence(self, key: str) -> None:
-        with self._claims_lock:
-            if key not in self._claims:
-                raise ClaimLost(f"not holding the claim {key}")
-
-    @contextmanager
-    def write(self, fence: str | None = None) -> Iterator[sqlite3.Connection]:
-        """A write transaction; with `fence`, refused (ClaimLost) unless the claim is held."""
-        if fence is not None:
-            self._fence(fence)
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        return self._conn().execute(sql, params).fetchall()
-
     # ================================================================== streams
     def append_record(self, stream: str, partition: str, label: str, data: str,
                       now: float) -> tuple[int, int]:
-        with self.write() as conn:
+        with self._write() as conn:
             # The visible number counts only records of the same label, so what a viewer sees
             # never depends on how many records other labels put in between.
             conn.execute(
@@ -198,271 +288,37 @@ class SqliteEngineDB(EngineDB):
             )
         return rid, int(n)
 
-    def lanes(self, stream: str, consumer: str) -> list[Lane]:
-        rows = self.read(
-            "SELECT l.partition, l.label, l.last_id, COALESCE(c.last_id, 0),"
-            " COALESCE(c.attempts, 0), COALESCE(c.next_at, 0) "
-            "FROM trapeze_stream_lanes l LEFT JOIN trapeze_stream_checkpoints c "
-            "ON c.stream = l.stream AND c.consumer = ? AND c.partition = l.partition"
-            " AND c.label = l.label WHERE l.stream = ?",
-            (consumer, stream),
-        )
-        return [
-            Lane(stream, consumer, p, lab, int(done), int(att), float(nxt), int(newest))
-            for p, lab, newest, done, att, nxt in rows
-        ]
-
-    def first_pending(self, stream: str, partition: str, label: str, after: int) -> int | None:
-        row = self.read(
-            "SELECT MIN(id) FROM trapeze_stream_records WHERE stream = ? AND partition = ?"
-            " AND label = ? AND id > ?",
-            (stream, partition, label, after),
-        )[0]
-        return None if row[0] is None else int(row[0])
-
-    def lane_records(self, stream: str, partition: str, label: str, after: int, before: int,
-                     limit: int) -> list[StoredRecord]:
-        rows = self.read(
-            "SELECT id, partition, label, lane_seq, data, arrived FROM trapeze_stream_records "
-            "WHERE stream = ? AND partition = ? AND label = ? AND id > ? AND id < ? "
-            "ORDER BY id LIMIT ?",
-            (stream, partition, label, after, before, limit),
-        )
-        return [StoredRecord(int(a), b, c, int(d), e, float(f)) for a, b, c, d, e, f in rows]
-
-    def set_checkpoint(self, lane: Lane, last_id: int, attempts: int, next_at: float,
-                       error: str | None = None,
-                       dead: list[tuple[int, str, str | None, int]] | None = None) -> None:
-        now = time.time()
-        with self.write(lane.claim) as conn:
-            cur = conn.execute(
-                "INSERT INTO trapeze_stream_checkpoints (stream, consumer, partition, label,"
-                " last_id, attempts, next_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (stream, consumer, partition, label) DO UPDATE SET"
-                " last_id = excluded.last_id, attempts = excluded.attempts,"
-                " next_at = excluded.next_at, last_error = excluded.last_error"
-                " WHERE trapeze_stream_checkpoints.last_id <= excluded.last_id",
-                (lane.stream, lane.consumer, lane.partition, lane.label, last_id, attempts,
-                 next_at, error),
-            )
-            if cur.rowcount == 0:
-                return  # stale: the lane is already past this point
-            for rid, label, err, tries in dead or []:
-                conn.execute(
-                    "INSERT INTO trapeze_stream_dead_letters (stream, consumer, partition, label,"
-                    " record_id, attempts, error, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (lane.stream, lane.consumer, lane.partition, label, rid, tries, err,
-                     now),
-                )
-
-    def add_dead_letters(self, stream: str, consumer: str, partition: str, label: str,
-                         record_ids: list[int], attempts: int, error: str | None) -> None:
-        now = time.time()
-        with self.write() as conn:
-            conn.executemany(
-                "INSERT INTO trapeze_stream_dead_letters (stream, consumer, partition, label,"
-                " record_id, attempts, error, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(stream, consumer, partition, label, rid, attempts, error, now)
-                 for rid in record_ids],
-            )
-
-    def stream_rows(self, stream: str, newest_first: bool, limit: int,
-                    visible: Callable[[str], bool]) -> list[StoredRecord]:
-        """Records of a stream whose label passes `visible`, in global order."""
+    def _records_in_order(self, stream: str, newest_first: bool) -> Iterator[StoredRecord]:
+        # One cursor, read as the caller goes; closed when the caller stops.
         order = "DESC" if newest_first else "ASC"
-        out: list[StoredRecord] = []
         cur = self._conn().execute(
-            "SELECT id, partition, label, lane_seq, data, arrived FROM trapeze_stream_records"
+            f"SELECT {RECORD_COLUMNS} FROM trapeze_stream_records"
             f" WHERE stream = ? ORDER BY id {order}",
             (stream,),
         )
-        for a, b, c, d, e, f in cur:
-            if visible(c):
-                out.append(StoredRecord(int(a), b, c, int(d), e, float(f)))
-                if len(out) >= limit:
-                    break
-        cur.close()
-        return out
-
-    def dead_letter_rows(self, stream: str) -> list[tuple[Any, ...]]:
-        return self.read(
-            "SELECT d.consumer, d.partition, d.label, d.attempts, d.error, d.time, r.label,"
-            " r.lane_seq, r.data FROM trapeze_stream_dead_letters d"
-            " JOIN trapeze_stream_records r ON r.id = d.record_id"
-            " WHERE d.stream = ? ORDER BY d.id",
-            (stream,),
-        )
+        try:
+            for row in cur:
+                yield StoredRecord.from_row(row)
+        finally:
+            cur.close()
 
     # ================================================================== workflows
-    def create_execution(self, exec_id: str, workflow: str, name: str, label: str,
-                         input_text: str, visible_clash: Callable[[str], bool],
-                         root_state: str) -> bool:
-        """Insert a new execution and its root frame unless a clashing one exists.
-
-        `visible_clash(start_label)` says whether an existing execution of the same name
-        counts: only those the starter could see, so the answer depends on nothing above the
-        starter's label. Check and insert share one write transaction.
-        """
-        now = time.time()
-        with self.write() as conn:
-            rows = conn.execute(
-                "SELECT start_label FROM trapeze_wf_executions WHERE workflow = ? AND name = ?",
-                (workflow, name),
-            ).fetchall()
-            if any(visible_clash(r[0]) for r in rows):
-                return False
-            conn.execute(
-                "INSERT INTO trapeze_wf_executions (id, workflow, name, start_label, label,"
-                " status, input, created, updated) VALUES (?, ?, ?, ?, ?, 'RUNNING', ?, ?, ?)",
-                (exec_id, workflow, name, label, label, input_text, now, now),
-            )
-            conn.execute(
-                "INSERT INTO trapeze_wf_frames (exec_id, frame_id, state, step, input, label,"
-                " status, retries, entered) VALUES (?, '', ?, 0, ?, ?, 'running', '{}', ?)",
-                (exec_id, root_state, input_text, label, now),
-            )
-            self._event(conn, exec_id, label, "", "ExecutionStarted", None,
-                        {"input": loads(input_text)}, now)
-            self._event(conn, exec_id, label, "", "StateEntered", root_state,
-                        {"input": loads(input_text)}, now)
-        return True
-
-    @staticmethod
-    def _event(conn: sqlite3.Connection, exec_id: str, label: str, frame_id: str, kind: str,
-               state: str | None, detail: Any, now: float) -> None:
-        conn.execute(
-            "INSERT INTO trapeze_wf_history (exec_id, time, label, frame_id, type, state, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (exec_id, now, label, frame_id, kind, state,
-             None if detail is None else dumps(detail)),
-        )
-
-    def event(self, exec_id: str, label: str, frame_id: str, kind: str, state: str | None,
-              detail: Any = None) -> None:
-        with self.write(exec_claim(exec_id)) as conn:
-            self._event(conn, exec_id, label, frame_id, kind, state, detail, time.time())
-
-    def save_frame(self, exec_id: str, frame_id: str, *, state: str, step: int, input_text: str,
-                   label: str, status: str, retries: dict[str, int],
-                   output_text: str | None = None, error: str | None = None,
-                   cause: str | None = None, wait_until: float | None = None,
-                   token: str | None = None,
-                   events: list[tuple[str, str | None, Any]] | None = None,
-                   label_of_events: str | None = None, root: bool = False) -> None:
-        """Persist one frame transition together with its history events, atomically."""
-        now = time.time()
-        with self.write(exec_claim(exec_id)) as conn:
-            conn.execute(
-                "INSERT INTO trapeze_wf_frames (exec_id, frame_id, state, step, input, label,"
-                " status, output, error, cause, retries, wait_until, token, entered)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (exec_id, frame_id) DO UPDATE SET state = excluded.state,"
-                " step = excluded.step, input = excluded.input, label = excluded.label,"
-                " status = excluded.status, output = excluded.output, error = excluded.error,"
-                " cause = excluded.cause, retries = excluded.retries,"
-                " wait_until = excluded.wait_until, token = excluded.token,"
-                " entered = excluded.entered",
-                (exec_id, frame_id, state, step, input_text, label, status, output_text, error,
-                 cause, dumps(retries), wait_until, token, now),
-            )
-            if root:
-                # The execution row's label is that of its root frame: it guards the status
-                # fields a viewer may see.
-                conn.execute("UPDATE trapeze_wf_executions SET label = ?, updated = ?"
-                             " WHERE id = ?", (label, now, exec_id))
-            for kind, st, detail in events or []:
-                self._event(conn, exec_id, label_of_events or label, frame_id, kind, st, detail,
-                            now)
-
-    def frame(self, exec_id: str, frame_id: str) -> dict[str, Any] | None:
-        rows = self.read(
-            "SELECT state, step, input, label, status, output, error, cause, retries,"
-            " wait_until, token, entered FROM trapeze_wf_frames"
-            " WHERE exec_id = ? AND frame_id = ?",
-            (exec_id, frame_id),
-        )
-        if not rows:
-            return None
-        (state, step, inp, label, status, out, err, cause, retries, wait_until, token,
-         entered) = rows[0]
-        return {"state": state, "step": int(step), "input": inp, "label": label,
-                "status": status, "output": out, "error": err, "cause": cause,
-                "retries": loads(retries), "wait_until": wait_until, "token": token,
-                "entered": entered}
-
-    def finish_execution(self, exec_id: str, status: str, label: str, output_text: str | None,
-                         error: str | None, cause: str | None) -> None:
-        now = time.time()
-        kind = {"SUCCEEDED": "ExecutionSucceeded", "FAILED": "ExecutionFailed"}.get(
-            status, "Execution" + status.title())
-        with self.write(exec_claim(exec_id)) as conn:
-            conn.execute(
-                "UPDATE trapeze_wf_executions SET status = ?, label = ?, output = ?, error = ?,"
-                " cause = ?, updated = ? WHERE id = ?",
-                (status, label, output_text, error, cause, now, exec_id),
-            )
-            detail: dict[str, Any] = {"output": loads(output_text)} if status == "SUCCEEDED" \
-                else {"error": error, "cause": cause}
-            self._event(conn, exec_id, label, "", kind, None, detail, now)
-
-    def set_execution_label(self, exec_id: str, label: str) -> None:
-        with self.write(exec_claim(exec_id)) as conn:
-            conn.execute("UPDATE trapeze_wf_executions SET label = ?, updated = ? WHERE id = ?",
-                         (label, time.time(), exec_id))
-
-    def executions(self, *, workflow: str | None = None, status: str | None = None,
-                   exec_id: str | None = None, name: str | None = None
-                   ) -> list[dict[str, Any]]:
-        where, params = [], []
-        for col, val in (("workflow", workflow), ("status", status), ("id", exec_id),
-                         ("name", name)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                params.append(val)
-        sql = ("SELECT id, workflow, name, start_label, label, status, input, output, error,"
-               " cause, created, updated FROM trapeze_wf_executions")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created, id"
-        keys = ("id", "workflow", "name", "start_label", "label", "status", "input", "output",
-                "error", "cause", "created", "updated")
-        return [dict(zip(keys, row, strict=True)) for row in self.read(sql, tuple(params))]
-
-    def history(self, exec_id: str) -> list[dict[str, Any]]:
-        rows = self.read(
-            "SELECT id, time, label, frame_id, type, state, detail FROM trapeze_wf_history"
-            " WHERE exec_id = ? ORDER BY id",
-            (exec_id,),
-        )
-        return [{"id": i, "time": t, "label": lab, "frame": f, "type": k, "state": s,
-                 "detail": loads(d)} for i, t, lab, f, k, s, d in rows]
+    def _serialise_starts(self, conn: sqlite3.Connection, workflow: str, name: str) -> None:
+        pass  # BEGIN IMMEDIATE (_write) already holds the file's one write lock
 
     # ------------------------------------------------------------------ task tokens
     def new_token(self, token: str, exec_id: str, frame_id: str, label: str,
                   activity: str | None, input_text: str) -> None:
-        with self.write() as conn:
+        with self._write() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO trapeze_wf_tokens (token, exec_id, frame_id, label,"
                 " activity, input, status, created) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
                 (token, exec_id, frame_id, label, activity, input_text, time.time()),
             )
 
-    def token(self, token: str) -> dict[str, Any] | None:
-        rows = self.read(
-            "SELECT exec_id, frame_id, label, activity, input, status, output, error, cause"
-            " FROM trapeze_wf_tokens WHERE token = ?",
-            (token,),
-        )
-        if not rows:
-            return None
-        keys = ("exec_id", "frame_id", "label", "activity", "input", "status", "output",
-                "error", "cause")
-        return dict(zip(keys, rows[0], strict=True))
-
     def settle_token(self, token: str, status: str, output_text: str | None,
                      error: str | None, cause: str | None) -> bool:
-        """Close a pending/claimed token; False when it was already closed (first one wins)."""
-        with self.write() as conn:
+        with self._write() as conn:
             cur = conn.execute(
                 "UPDATE trapeze_wf_tokens SET status = ?, output = ?, error = ?, cause = ?"
                 " WHERE token = ? AND status IN ('pending', 'claimed')",
@@ -472,8 +328,8 @@ class SqliteEngineDB(EngineDB):
 
     def claim_activity_task(self, activity: str, label: str,
                             exec_id: str | None) -> tuple[str, str] | None:
-        """Hand out the oldest pending task of `activity` at exactly `label`."""
-        with self.write() as conn:
+        # Select and update in one write transaction: no other writer comes in between.
+        with self._write() as conn:
             sql = ("SELECT token, input FROM trapeze_wf_tokens WHERE activity = ? AND"
                    " status = 'pending' AND label = ?")
             params: tuple[Any, ...] = (activity, label)
