@@ -130,17 +130,11 @@ class RayExecutor:
         m = self.runtime.manifest
         self.limits = dict(limits)
         self._connect(ray)
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        here = ray.get_runtime_context().get_node_id()
-        # The bridge lives where the gateway lives: if this node goes, so does the gateway.
-        # Agents find it by name (a handle among an actor's constructor arguments would make
-        # Ray keep it in the object store for restarts, and warn about it).
+        # Agents find the bridge by name (a handle among an actor's constructor arguments
+        # would make Ray keep it in the object store for restarts, and warn about it).
         self._bridge_name = f"trapeze-bridge-{uuid.uuid4().hex[:16]}"
-        self._bridge = ray.remote(GatewayBridge).options(
-            name=self._bridge_name, num_cpus=0, max_concurrency=4096,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
-        ).remote()
+        self._make_bridge(ray)
         self._agent_cls = ray.remote(NodeAgent)
         self._digest = app_digest(m.root)
         # Enough threads per agent for everything the gateway may have in flight at once
@@ -157,6 +151,17 @@ class RayExecutor:
             t.start()
             self._threads.append(t)
         return self.invoker
+
+    def _make_bridge(self, ray: Any) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the node this process is attached to, and only there (a soft affinity lets Ray
+        # put it on any node, which may then leave): if that node goes, so does the gateway.
+        here = ray.get_runtime_context().get_node_id()
+        self._bridge = ray.remote(GatewayBridge).options(
+            name=self._bridge_name, num_cpus=0, max_concurrency=4096,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+        ).remote()
 
     def _connect(self, ray: Any) -> None:
         if ray.is_initialized():
@@ -364,6 +369,15 @@ class RayExecutor:
         while not self._stop.is_set():
             try:
                 batch = ray.get(self._bridge.take.remote(1.0), timeout=30)
+            except ray.exceptions.ActorDiedError:
+                if self._stop.is_set():
+                    return
+                # The calls it held fail on their nodes (the guests get an internal error);
+                # a new bridge under the same name serves the next ones.
+                log.error("ray executor: the bridge actor died; starting a new one")
+                time.sleep(1.0)
+                self._make_bridge(ray)
+                continue
             except Exception:
                 if self._stop.is_set():
                     return

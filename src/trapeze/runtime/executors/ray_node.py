@@ -105,10 +105,13 @@ class GatewayBridge:
 
 
 class _BridgeClient:
-    """The node's way to the gateway: one blocking Ray call per guest call."""
+    """The node's way to the gateway: one blocking Ray call per guest call, to the gateway's
+    bridge actor, looked up by name (again after a failure: the gateway replaces a bridge
+    that died, under the same name)."""
 
-    def __init__(self, bridge: Any) -> None:
-        self._bridge = bridge
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._bridge: Any = None
 
     def call(self, parent: Invocation, op: str, **args: Any) -> Any:
         import ray
@@ -116,11 +119,15 @@ class _BridgeClient:
         payload = {"parent": parent_record(parent), **args}
         timeout = max(parent.remaining_s(), 0.0) + BRIDGE_GRACE_S
         try:
+            if self._bridge is None:
+                self._bridge = ray.get_actor(self._name)
             reply = ray.get(self._bridge.call.remote(op, payload), timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             raise TrapezeError(f"the gateway did not answer {op} in time") from None
-        except ray.exceptions.RayError as e:
-            # Logged here, on the trusted side; the guest gets the monitor's "internal error".
+        except (ray.exceptions.RayError, ValueError) as e:
+            # Not retried (the gateway may have acted on it already); the next call looks the
+            # bridge up again. The guest gets the monitor's "internal error".
+            self._bridge = None
             raise TrapezeError(f"the gateway is unreachable ({type(e).__name__})") from None
         kind = reply[0]
         if kind == "ok":
@@ -211,7 +218,8 @@ class NodeAgent:
                 f"{mine[:12]} here, {digest[:12]} there): deploy the same app, at the same "
                 "path, to every node"
             )
-        bridge = _BridgeClient(ray.get_actor(bridge_name))
+        ray.get_actor(bridge_name)  # fail now, not at the first guest call, if it is missing
+        bridge = _BridgeClient(bridge_name)
         self.runtime = NodeRuntime(app, store_url, confine=confine, bridge=bridge)
         try:
             self.runtime.start_node()
