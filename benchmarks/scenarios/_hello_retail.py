@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ PHOTOGRAPHERS = (("peter", "654321", "5551231234"), ("paul", "654322", "55512312
 # the window is — the slower mode would count more invocations. Parked executions therefore
 # wait longer than any run here; the benchmark measures the scripts' requests, not a timer.
 PARKED_RETRY_SECONDS = "86400"
+
+
+# Extra `App.start` arguments for every run, given the run's work folder: benchmarks/
+# bench_ray.py sets it to run the same scenarios on a PostgreSQL store with the Ray executor.
+# None (the default): the embedded SQLite store, invocations on this machine.
+RUNTIME_OPTIONS: Callable[[Path], dict[str, Any]] | None = None
 
 
 def bearer(principal: str, label: str | None = None) -> dict[str, str]:
@@ -162,7 +169,10 @@ def start(ifc: bool, workdir: Path) -> Session:
     image_url, stop_images = start_image_server(png(256, 256))
     app = app_for(smtp_port, image_url)
     db = Path(tempfile.mkdtemp(dir=workdir)) / "app.db"
-    rt = app.start(store=f"sqlite:///{db}", http=True, ifc=ifc)
+    options: dict[str, Any] = {"store": f"sqlite:///{db}"}
+    if RUNTIME_OPTIONS is not None:
+        options.update(RUNTIME_OPTIONS(workdir))
+    rt = app.start(http=True, ifc=ifc, **options)
     client = httpx.Client(base_url=rt.url, timeout=120.0)
     session = Session(rt, client, state={"image_url": image_url, "mailbox": box},
                       closers=[stop_images, stop_smtp])
