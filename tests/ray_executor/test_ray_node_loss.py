@@ -5,6 +5,8 @@ new one back.)"""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -17,6 +19,38 @@ from trapeze.store import open_store
 THREADS = 6
 LOAD_S = 6.0
 KILL_AT_S = 1.5
+
+
+def test_an_agent_process_that_dies_is_replaced(ray_app: Any) -> None:
+    """The agent's process dies (its node lives): the invocations it ran fail with the clear
+    error, the others go on, and the node gets a new agent (its sandboxes died with it)."""
+    rt = ray_app
+    wait_nodes(rt, NODES)
+    node, pid = sorted(rt._ray.agent_pids().items())[0]
+    results: list[tuple[str, str | None]] = []
+
+    def one(i: int) -> None:
+        r = rt.invoke("writer", {"key": f"crash-{i}", "value": "v", "sleep_after": 1.5},
+                      as_label="public")
+        results.append((r.status, r.error))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2 * NODES)]
+    for th in threads:
+        th.start()
+    time.sleep(0.7)  # all in flight, two on each node
+    os.kill(pid, signal.SIGKILL)
+    for th in threads:
+        th.join(timeout=120)
+    assert len(results) == 2 * NODES
+    assert all(s == "ok" or (e or "").startswith(NODE_LOST) for s, e in results), results
+    assert any(s == "error" for s, _ in results) and any(s == "ok" for s, _ in results)
+    deadline = time.monotonic() + 120
+    while rt._ray.agent_pids().get(node) in (None, pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert rt._ray.agent_pids().get(node) not in (None, pid)
+    wait_nodes(rt, NODES)
+    assert all(rt.invoke("writer", {"key": f"again-{i}", "value": "v"}).ok
+               for i in range(2 * NODES))
 
 
 def test_losing_a_node_mid_load(ray_cluster: Any, ray_app: Any) -> None:

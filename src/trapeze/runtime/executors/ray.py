@@ -86,6 +86,7 @@ class _Agent:
     ready: bool = False
     failed: bool = False  # its node lives but the agent does not (replaced by the watcher)
     inflight: int = 0
+    pid: int | None = None  # the agent's process, once ready
 
 
 class RayInvoker(Invoker):
@@ -229,7 +230,9 @@ class RayExecutor:
             for node_id, agent in list(self._agents.items()):
                 if node_id not in alive or agent.failed:
                     dropped.append(self._agents.pop(node_id))
-                    if node_id in alive:
+                    if node_id in alive and not agent.ready:
+                        # It never started (no confinement there, another app version...):
+                        # try again later, not every second. One that served is replaced now.
                         self._failed_at[node_id] = now
             for node_id in alive - set(self._agents):
                 if now - self._failed_at.get(node_id, -1e9) < RETRY_FAILED_AGENT_S:
@@ -271,6 +274,7 @@ class RayExecutor:
                 continue
             with self._lock:
                 agent.ready = True
+                agent.pid = int(info["pid"])
             log.info("ray executor: node %s ready (pid %s)", info["node_id"][:12], info["pid"])
 
     def _watch(self) -> None:
@@ -286,6 +290,12 @@ class RayExecutor:
         """The node ids whose agents are ready."""
         with self._lock:
             return [a.node_id for a in self._agents.values() if a.ready and not a.failed]
+
+    def agent_pids(self) -> dict[str, int]:
+        """node id -> the process id of its ready agent (tests kill one)."""
+        with self._lock:
+            return {a.node_id: a.pid for a in self._agents.values()
+                    if a.ready and not a.failed and a.pid is not None}
 
     def _pick(self) -> _Agent | None:
         with self._lock:
