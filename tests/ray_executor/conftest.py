@@ -1,6 +1,7 @@
-"""Fixtures live in ray_helpers.py (a unique module name: the test folders share sys.path)."""
+"""The fixtures live in ray_helpers.py (shared with the test modules, which import helpers
+from it too)."""
 
-from ray_helpers import (  # noqa: F401
+from ray_executor.ray_helpers import (  # noqa: F401
     ray_app,
     ray_cluster,
     ray_platform,

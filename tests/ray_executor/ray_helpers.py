@@ -1,11 +1,12 @@
 """Fixtures of the Ray executor tests: a 3-node local Ray cluster and apps started on it.
 
 The cluster is Ray's own test utility (`ray.cluster_utils.Cluster`): three nodes on this
-machine, one CPU each, no dashboard, every address on the loopback interface, started once per
-session on first use (about 10 s) and stopped at the end. The store is a fresh schema in the
+machine, one CPU each, no dashboard, every address on the loopback interface, started on first use
+(about 10 s) and stopped after this folder's last test. The store is a fresh schema in the
 session's throwaway PostgreSQL cluster (tests/pg_cluster.py).
 
-(A unique module name, like tests/attacks/attack_helpers.py: test folders share sys.path.)
+The cluster and the runtimes are package-scoped: they stop after the last test of this folder,
+so the rest of the session does not share the machine with them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 TESTS = Path(__file__).resolve().parents[1]
 
 # Set for the cluster's processes (they inherit the environment of the process that starts
-# them) and for this one, before Ray is imported; restored at the end of the session.
+# them) and for this one, before Ray is imported; restored when the cluster stops.
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # no usage report (and no network attempt to send one)
     # Ray replaces 127.0.0.1 by the machine's routable address unless it believes it runs
@@ -92,7 +93,7 @@ class RayCluster:
         self.cluster.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[RayCluster]:
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed (pip install -e '.[test]')")
@@ -129,7 +130,7 @@ def wait_nodes(rt: Any, n: int, timeout: float = 120.0) -> list[str]:
     raise AssertionError(f"the executor has {rt._ray.nodes()} ready, not {n} nodes")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_platform(tmp_path_factory: pytest.TempPathFactory, web_server: Any, smtp_server: Any,
                  ray_cluster: RayCluster, pg_cluster: Any) -> Iterator[Any]:
     """The platform tests' app (tests/platform/app) on the Ray executor, with HTTP."""
@@ -149,7 +150,7 @@ def copy_ray_app(dest: Path) -> Path:
     return app_dir
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: RayCluster,
             pg_cluster: Any) -> Iterator[Any]:
     """tests/ray_executor/app on the Ray executor (no HTTP)."""

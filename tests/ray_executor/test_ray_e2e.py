@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-from ray_helpers import NODES, copy_ray_app, store_url
 
+from ray_executor.ray_helpers import NODES, copy_ray_app, store_url
 from trapeze import App
 from trapeze.errors import ConfigError
 from trapeze.runtime.invoker import WITHHELD_MESSAGE

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ray_helpers import NODES, TESTS, load_module, store_url, wait_nodes
 
+from ray_executor.ray_helpers import NODES, TESTS, load_module, store_url, wait_nodes
 from trapeze import App
 
 _suite = load_module("trapeze_engines_suite_on_ray", TESTS / "workflows" / "test_e2e.py")

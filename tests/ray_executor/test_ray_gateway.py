@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ray_helpers import TESTS, load_module
+
+from ray_executor.ray_helpers import TESTS, load_module
 
 _suite = load_module("trapeze_gateway_suite_on_ray", TESTS / "platform" / "test_gateway.py")
 

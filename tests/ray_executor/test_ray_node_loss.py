@@ -11,8 +11,7 @@ import threading
 import time
 from typing import Any
 
-from ray_helpers import NODES, wait_nodes
-
+from ray_executor.ray_helpers import NODES, wait_nodes
 from trapeze.runtime.executors.ray import NODE_LOST
 from trapeze.store import open_store
 
