@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ray_executor.ray_helpers import NODES, copy_ray_app, store_url
+from ray_executor.ray_helpers import NODES, copy_ray_app, store_url, wait_nodes
 from trapeze import App
 from trapeze.errors import ConfigError
 from trapeze.runtime.invoker import WITHHELD_MESSAGE
@@ -92,6 +92,29 @@ def test_a_principals_token_over_http(ray_platform: Any) -> None:
         assert r.json()["event"]["requestContext"]["principal"] == "rayuser"
         r = c.post("/raise", json={"to": "top", "then": "return"})
         assert r.status_code == 202 and r.headers["x-trapeze-status"] == "withheld"
+
+
+def test_a_second_gateway_on_the_same_store(ray_platform: Any) -> None:
+    """Gateways behind one address: a second one on the same PostgreSQL store and cluster
+    accepts the first one's tokens, runs on the same nodes (with its own agents), and the
+    asynchronous work its invocations start comes back through its own bridge."""
+    a = ray_platform
+    token = a.add_principal("second", label="user:second")
+    with App(a.manifest).start(store=a.store_url, http=True, executor="ray") as b:
+        wait_nodes(b, NODES)
+        with httpx.Client(base_url=b.url, timeout=30) as c:
+            r = c.post("/echo", json={}, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200 and r.json()["label"] == "user:second"
+        executed = b.invoker.executed
+        r = b.invoke("caller", {"function": "echo", "async": True, "label": "admin"},
+                     as_label="user:second")
+        assert r.status == "ok"
+        deadline = time.monotonic() + 20
+        while b.invoker.executed < executed + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b.invoker.executed == executed + 2  # the caller, then its async echo
+    # The first gateway goes on serving after the second one left.
+    assert a.invoke("echo", {}).ok
 
 
 def test_ray_needs_a_postgresql_store(tmp_path: Path) -> None:
