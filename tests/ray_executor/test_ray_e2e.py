@@ -4,6 +4,7 @@ suite run on Ray as well: test_ray_gateway.py, test_ray_engines.py.)"""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -127,6 +128,22 @@ def test_ray_needs_a_postgresql_store(tmp_path: Path) -> None:
         timeout=60)
     assert out.returncode == 1
     assert "keeps all state in PostgreSQL" in out.stderr and "--store postgresql://" in out.stderr
+
+
+def test_an_unreachable_cluster_is_a_clear_error_at_once(tmp_path: Path,
+                                                        pg_cluster: Any) -> None:
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "trapeze.cli", "invoke", str(copy_ray_app(tmp_path)), "writer",
+         "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+         "--store", store_url(pg_cluster)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in out.stderr, out.stderr
+    assert "ray start --head" in out.stderr
+    assert time.monotonic() - started < 30  # ray.init alone would retry for minutes
 
 
 def test_trapeze_run_on_ray(tmp_path: Path, ray_cluster: Any, pg_cluster: Any) -> None:

@@ -31,6 +31,7 @@ agent whose node died is dropped, an agent that failed while its node lives is r
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -60,6 +61,22 @@ RETRY_FAILED_AGENT_S = 30.0  # an agent that failed to start is tried again afte
 # invocation behind its own admission (up to 30 s) before running it.
 ANSWER_GRACE_S = 60.0
 RAY_HINT = ("install it with: pip install 'ray==2.60.0' (the test extras include it)")
+
+
+def _find_gcs(address: str) -> str | None:
+    """HOST:PORT of the cluster's GCS: `address` itself, or for "auto" the cluster this
+    machine runs (RAY_ADDRESS, then the address `ray start` recorded); None if there is none."""
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import get_ray_address_from_environment
+
+        found = get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        return None
+    except Exception:  # a private helper of Ray: if it changed, let ray.init resolve "auto"
+        return "auto"
+    return str(found) if found else None
 
 
 def _ray() -> Any:
@@ -168,15 +185,29 @@ class RayExecutor:
         if ray.is_initialized():
             # Already connected (an embedding program, the tests): use that connection.
             return
-        try:
-            ray.init(address=self.address, logging_level=logging.WARNING,
-                     configure_logging=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
+        hint = ("Start one with 'ray start --head' (and 'ray start --address HEAD:PORT' on the "
+                "other machines), then pass --ray-address HEAD:PORT or auto")
+        if self.address.startswith("ray://"):
             raise ConfigError(
-                f"cannot connect to the Ray cluster at {self.address!r}: {e}. Start one with "
-                "'ray start --head' (and 'ray start --address HEAD:PORT' on the other "
-                "machines), then pass --ray-address HEAD:PORT or auto"
-            ) from None
+                "Ray Client addresses (ray://...) are not supported: the gateway must be a "
+                "process of the cluster; pass the head's GCS address, HEAD:PORT (6379 by "
+                "default), and run the gateway on a machine of the cluster"
+            )
+        gcs = _find_gcs(self.address)
+        if gcs is None:
+            raise ConfigError(f"no running Ray cluster found (--ray-address auto). {hint}")
+        # ray.init retries an unreachable GCS for minutes: fail in seconds instead.
+        try:
+            if gcs != "auto":
+                host, port = gcs.rsplit(":", 1)
+                socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot reach the Ray cluster at {gcs}: {e}. {hint}") from None
+        try:
+            ray.init(address=gcs, logging_level=logging.WARNING, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"cannot connect to the Ray cluster at {gcs}: {e}. {hint}") \
+                from None
         self._owns_ray = True
 
     def _await_first_agents(self, ray: Any) -> None:
