@@ -221,6 +221,7 @@ class Runtime:
             env=dict(spec.env),
             preload=tuple(spec.preload),
             prefork=spec.prefork,
+            private_dirs=self._private_dirs(),
         )
         if not self.ifc:
             from trapeze.sandbox.baseline import WarmPool
@@ -230,6 +231,15 @@ class Runtime:
             size = min(spec.concurrency, 2 * (os.cpu_count() or 1))
             return WarmPool(sandbox_spec, size)  # type: ignore[return-value]
         return Sandbox(sandbox_spec, unconfined_dev=not self.confine)  # type: ignore[return-value]
+
+    def _private_dirs(self) -> tuple[str, ...]:
+        """The monitor's directories that no function may see into (the sandbox covers them):
+        the app's data_dir and, for a SQLite store, the directory of its file."""
+        dirs = [str(Path(self.manifest.data_dir).resolve())]
+        sqlite_file = _sqlite_path(self.store_url)
+        if sqlite_file is not None:
+            dirs.append(str(sqlite_file.parent.resolve()))
+        return tuple(dirs)
 
     def _channels(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -463,7 +473,15 @@ def newest(fetch: Callable[[int], list[Any]], limit: int,
         since = raw[-1].seq
 
 
-def _ensure_parent(url: str) -> None:
+def _sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):].split("?", 1)[0])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        return Path(url[len("sqlite:///"):].split("?", 1)[0])
+    return None
+
+
+def _ensure_parent(url: str) -> None:
+    path = _sqlite_path(url)
+    if path is not None:
+        # Only the monitor's uid may enter a store directory it creates (functions run as
+        # other uids when the monitor is root; the sandbox also covers it, see _private_dirs).
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -41,6 +41,51 @@ SYSTEM_READ_PATHS = (
     "/dev/random",
 )
 DEVICE_RW_PATHS = ("/dev/null", "/dev/zero")
+# Covered with an empty tmpfs in every child's view: Landlock refuses reading them, but not
+# stat(), and the sizes and times of other processes' shared-memory segments are not for a
+# function to watch.
+COVERED_SYSTEM_DIRS = ("/dev/shm", "/dev/mqueue")
+
+
+class PrivateDirExposed(ValueError):
+    pass
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def private_dir_covers(private_dirs: list[str], readable: list[str]) -> list[str]:
+    """Which of the monitor's own directories (its store's, the app's data_dir) the zygote
+    must cover with an empty tmpfs so that no child reads or stats what is in them.
+
+    A directory inside something children may read (the default store lives in
+    ``<app>/.trapeze``, and the app directory is readable) would hand every function the
+    raw store, every label's facets included; one elsewhere still shows its files' sizes and
+    times to stat(), which Landlock does not restrict. Each is covered, unless covering it
+    would also hide something children must read (the store file placed directly in the app
+    directory): that configuration is refused — except for a directory under /tmp that
+    merely contains readable paths: the child's /tmp is private, and only the readable
+    paths are bound back into it, not what lies beside them.
+    """
+    out: list[str] = []
+    for d in private_dirs:
+        real = os.path.realpath(d)
+        if not os.path.isdir(real):
+            continue
+        held = [r for r in readable if _within(r, real)]
+        if held:
+            readable_itself = any(_within(real, r) for r in readable)
+            if _within(real, "/tmp") and not readable_itself:
+                continue
+            raise PrivateDirExposed(
+                f"the store's directory {d} contains {held[0]}, which confined functions "
+                "read, so they would see the store's files too. Put the store in a directory "
+                "of its own, outside the app and the Python installation (the default is "
+                "<app>/.trapeze/)"
+            )
+        out.append(real)
+    return out
 
 
 def fs_rights_for_abi(abi: int) -> int:
@@ -336,5 +381,6 @@ def prepare_process(plan: Plan) -> None:
     tempfile.tempdir = "/tmp"
 
 
-__all__ = ["Plan", "Slot", "close_slot", "confine", "landlock_rules", "make_slot",
-           "plan_rlimits", "prepare_process"]
+__all__ = ["COVERED_SYSTEM_DIRS", "Plan", "PrivateDirExposed", "Slot", "close_slot", "confine",
+           "landlock_rules", "make_slot", "plan_rlimits", "prepare_process",
+           "private_dir_covers"]

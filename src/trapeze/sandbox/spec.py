@@ -40,6 +40,10 @@ class SandboxSpec:
     tmp_mb: int = 64  # size of the private per-invocation tmpfs mounted at /tmp
     max_open_files: int = 256
     max_threads: int = 64  # RLIMIT_NPROC of the slot uid (threads count as tasks)
+    # The monitor's own directories (the store's, the app's data_dir): the zygote covers each
+    # that a child could otherwise read or stat with an empty tmpfs, or refuses to start
+    # where that is impossible (confine.private_path_mounts).
+    private_dirs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         module, sep, attr = self.handler.partition(":")
@@ -58,6 +62,7 @@ class SandboxSpec:
         object.__setattr__(self, "app_dir", Path(self.app_dir).resolve())
         object.__setattr__(self, "executables", tuple(self.executables))
         object.__setattr__(self, "preload", tuple(self.preload))
+        object.__setattr__(self, "private_dirs", tuple(str(d) for d in self.private_dirs))
 
     @property
     def module(self) -> str:
@@ -87,6 +92,7 @@ class SandboxSpec:
             "tmp_mb": self.tmp_mb,
             "max_open_files": self.max_open_files,
             "max_threads": self.max_threads,
+            "private_dirs": list(self.private_dirs),
         }
 
 

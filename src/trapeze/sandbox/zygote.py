@@ -51,16 +51,19 @@ import msgpack
 
 from trapeze.sandbox import syscalls as sc
 from trapeze.sandbox.confine import (
+    COVERED_SYSTEM_DIRS,
     MODE_NONE,
     MODE_ROOT,
     MODE_USERNS,
     Plan,
+    PrivateDirExposed,
     Slot,
     close_slot,
     confine,
     make_slot,
     plan_rlimits,
     prepare_process,
+    private_dir_covers,
 )
 
 CONTROL_MAX = 1 << 20
@@ -179,6 +182,23 @@ def _enter_namespaces(cfg: dict[str, Any], roots: list[str]) -> str:
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     return MODE_USERNS
+
+
+def _cover_private_dirs(cfg: dict[str, Any], plan: Plan) -> None:
+    """Empty, read-only tmpfs over the monitor's directories and shared-memory directories,
+    in the zygote's private mount namespace: every slot's namespace is copied from it (and
+    the readable paths bound back under /tmp are bound recursively, covers included)."""
+    try:
+        dirs = private_dir_covers(list(cfg.get("private_dirs", ())), [p for p, _ in plan.rules])
+    except PrivateDirExposed as exc:
+        raise Fatal("private directories", str(exc)) from exc
+    dirs += [d for d in COVERED_SYSTEM_DIRS if os.path.isdir(d)]
+    for d in dirs:
+        try:
+            sc.mount("tmpfs", d, "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                     "size=4k,nr_inodes=2,mode=0555")
+        except OSError as exc:
+            raise Fatal("private directories", f"cannot cover {d}: {exc}") from exc
 
 
 def _build_plan(cfg: dict[str, Any], mode: str, roots: list[str]) -> Plan:
@@ -353,6 +373,8 @@ def main() -> None:
         for name in cfg["preload"]:
             importlib.import_module(name)
         plan = _build_plan(cfg, mode, roots)
+        if mode != MODE_NONE:
+            _cover_private_dirs(cfg, plan)
         plan.null_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         prepare_process(plan)
         _precompile_app(plan.app_dir)
