@@ -10,7 +10,7 @@ child only when none is waiting, and for an exit status only when it needs a cra
 from __future__ import annotations
 
 import array
-import itertools
+import fcntl
 import logging
 import os
 import select
@@ -34,12 +34,15 @@ from trapeze.sandbox.spec import ConfinementUnavailable, Outcome, SandboxSpec
 
 log = logging.getLogger("trapeze.sandbox")
 
-# Per-slot uids for children when the zygote runs as root. Nobody owns these uids on the
-# host; each Sandbox in this process gets its own block, and the block base depends on the
-# pid so that two monitors on one machine are unlikely to share one.
+# Per-slot uids for children when the zygote runs as root: nobody owns these uids on the
+# host. Each Sandbox holds a block of them, claimed with an exclusive flock on the block's
+# lock file for as long as it runs (the kernel releases it if the process dies), so that
+# no two sandboxes on one machine - in one monitor or in several, as with several Ray nodes
+# on one host - ever give two live children the same uid.
 UID_REGION = 2_000_000_000
 UID_BLOCK = 1024
-_uid_blocks = itertools.count()
+UID_BLOCKS = 4096  # uids UID_REGION .. UID_REGION + 4096 * 1024 (~2.004e9), below 2**31
+UID_LOCK_DIRS = ("/run/trapeze/uid-blocks", "/tmp/trapeze-uid-blocks")
 
 ZYGOTE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -60,8 +63,31 @@ SIGNAL_REASONS = {
 }
 
 
-def _block_base() -> int:
-    return UID_REGION + ((os.getpid() % 256) * 64 + next(_uid_blocks) % 64) * UID_BLOCK
+def _claim_uid_block() -> tuple[int, int]:
+    """(first uid of a block no other live sandbox on this machine holds, the lock's fd)."""
+    for directory in UID_LOCK_DIRS:
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError:
+            continue
+        # Start at a pid-dependent block so that monitors starting together rarely contend.
+        start = os.getpid() % UID_BLOCKS
+        for i in range(UID_BLOCKS):
+            block = (start + i) % UID_BLOCKS
+            fd = os.open(os.path.join(directory, str(block)),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return UID_REGION + block * UID_BLOCK, fd
+        raise ConfinementUnavailable(
+            "per-slot uids", f"all {UID_BLOCKS} uid blocks are held by running sandboxes"
+        )
+    raise ConfinementUnavailable(
+        "per-slot uids", f"cannot create a lock directory in any of {UID_LOCK_DIRS}"
+    )
 
 
 FDS_SPACE = socket.CMSG_SPACE(8 * 4)  # up to 8 descriptors per control message
@@ -127,6 +153,8 @@ class Sandbox:
         self._closed = False
         self._zygote_dead = False
         self.pidns_per_child = True
+        self._uid_base = UID_REGION  # unused unless the zygote runs as root (see start)
+        self._uid_lock: int | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -151,6 +179,9 @@ class Sandbox:
                         "run as unprivileged uids and need it readable (chmod o+rx, and o+r "
                         "on its files)",
                     )
+        # Children drop to per-slot uids only when the zygote runs as real root.
+        if os.geteuid() == 0 and self.zygote_uid is None and not self.unconfined_dev:
+            self._uid_base, self._uid_lock = _claim_uid_block()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._proc = subprocess.Popen(
             [sys.executable, "-I", "-m", "trapeze.sandbox.zygote", str(theirs.fileno())],
@@ -167,7 +198,7 @@ class Sandbox:
         cfg.update(
             unconfined=self.unconfined_dev,
             zygote_uid=self.zygote_uid,
-            uid_base=_block_base(),
+            uid_base=self._uid_base,
             max_slots=self.max_slots,
         )
         ours.send(msgpack.packb(cfg, use_bin_type=True))
@@ -208,6 +239,10 @@ class Sandbox:
                 child.close()
             if self._ctrl is not None:
                 self._ctrl.close()  # descriptors still in flight are closed with it
+        if self._uid_lock is not None:
+            # The zygote and every child are gone (killed and waited for above).
+            os.close(self._uid_lock)
+            self._uid_lock = None
 
     def __enter__(self) -> Sandbox:
         self.start()
