@@ -59,3 +59,14 @@ def test_a_function_cannot_override_the_gateways_headers() -> None:
         r = client.get("/f")
     assert r.status_code == 200 and r.text == "hi"
     assert r.headers["x-trapeze-status"] == "ok"
+
+
+def test_non_json_event_is_refused_with_what_was_wrong(running: Any) -> None:
+    # Found in review: a tuple or an object as the event failed deep in the sandbox as
+    # "internal error (ProtocolError)". The API refuses it up front and says why.
+    for event, named in (((1, 2), "tuple"), ({"when": object()}, "object"),
+                         ({1: "int key"}, "non-string key")):
+        res = running.invoke("echo", event, as_label="public")
+        assert res.status == "refused", res
+        assert named in res.error and "JSON-compatible" in res.error
+    assert running.invoke("echo", {"ok": [1, b"x"]}, as_label="public").ok

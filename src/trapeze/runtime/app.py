@@ -39,6 +39,7 @@ from trapeze.runtime.audit import StoreAudit
 from trapeze.runtime.invoker import FunctionLimits, InvocationResult, Invoker, Runner
 from trapeze.runtime.streams import invoker_adapter
 from trapeze.runtime.workflows import Engines
+from trapeze.sandbox.wire import ProtocolError, check_value
 from trapeze.store import StoreView, open_plain_store, open_store
 
 log = logging.getLogger("trapeze.runtime")
@@ -385,6 +386,14 @@ class Runtime:
         assert self.invoker is not None, "the runtime is not started"
         if label is None:
             label, principal = self._label_for(as_principal, as_label)
+        try:
+            check_value(event, "the event")
+        except ProtocolError as exc:
+            return InvocationResult(
+                "refused", request_id=request_id or "",
+                error=f"{exc}: an event must be JSON-compatible (None, bool, int, float, str, "
+                      "list, dict with str keys) or bytes",
+            )
         return self.invoker.invoke(function, event, label=label, principal=principal,
                                    request_id=request_id)
 
