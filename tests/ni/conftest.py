@@ -2,7 +2,7 @@
 
 Budgets (examples per property), default and long:
 
-    python -m pytest tests/ni -q                                  # ~1-2 minutes on 2 cores
+    python -m pytest tests/ni -q                                  # ~75 s on 2 busy cores
     TRAPEZE_NI_EXAMPLES=2000 python -m pytest tests/ni -q         # the long run
     python -m pytest tests/ni -q --hypothesis-profile=ni-long     # the same, as a profile
 """

@@ -22,7 +22,9 @@ from ni.lang import (
     Request,
     Return,
     SeedPut,
+    SeedRecord,
     Send,
+    StreamPut,
 )
 
 _RET = Program((), None, Return(Lit(0)))
@@ -30,9 +32,10 @@ _RET = Program((), None, Return(Lit(0)))
 _SEED = (SeedPut("t0", "k0", "low", 7, 7), SeedPut("t0", "k1", "high", 0, 1))
 
 
-def _case(f0: Program, label: str, f3: Program = _RET) -> Case:
+def _case(f0: Program, label: str, f3: Program = _RET,
+          records: tuple[SeedRecord, ...] = ()) -> Case:
     return Case({"f0": f0, "f1": _RET, "f2": _RET, "f3": f3}, _SEED,
-                (Request("f0", label, 0, 0),), "low", False)
+                (Request("f0", label, 0, 0),), "low", False, records)
 
 
 _READ_SECRET = (Raise("high", True), Get("t0", "k1", 0))
@@ -60,4 +63,9 @@ CORPUS = {
     # a low write over a high facet (the write rule must remove it)
     "write over high facet": _case(Program((Put("t0", "k1", Lit(3)),), None, Return(Lit(0))),
                                    "low"),
+    # a secret stream record (0 in world A, 1 in world B), then a low one in its partition:
+    # the low record's batch must not carry the secret one to the low consumer
+    "low record after secret record": _case(
+        Program((StreamPut("p0", Lit(5), None, 1, True),), None, Return(Lit(0))), "low",
+        records=(SeedRecord("p0", "high", 0, 1),)),
 }

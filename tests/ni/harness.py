@@ -1,6 +1,7 @@
 """Runs generated cases on the real platform: two running apps (worlds A and B), each with its
-own store, its own local HTTP server and SMTP server, and confined function slots whose code
-is rewritten for every run.
+own store, its own local HTTP server and SMTP server, confined function slots whose code is
+rewritten for every run, and a stream whose consumer (fixed code) logs what it is delivered.
+Quiescence includes the stream engine: every record delivered before a window closes.
 
 Why rewriting works: the manifest sets `prefork = 0`, so a child is forked (and imports the
 function's module) only when an invocation takes it, i.e. after the harness wrote the file.
@@ -29,8 +30,11 @@ from aiosmtpd.controller import Controller
 
 from ni.lang import (
     CHANNELS,
+    CONSUMER,
+    CONSUMER_SOURCE,
     KEYS,
     SLOTS,
+    STREAM,
     TABLES,
     TIMEOUTS,
     Case,
@@ -38,14 +42,17 @@ from ni.lang import (
     flows,
     table_name,
 )
-from ni.trace import Trace, Window, request_event_x, seed_value
+from ni.trace import Record, Trace, Window, record_value, request_event_x, seed_value
 from trapeze import App
 
 QUIESCE_TIMEOUT_S = 30.0
 _RUN_IDS = itertools.count(1)
 
-# Everything the platform did in world A during the property runs, for the coverage report.
+# Everything the platform did in world A during the property runs, for the coverage report:
+# how many times, and in how many runs (examples); RUNS_KEY counts the runs themselves.
 COVERAGE: Counter[str] = Counter()
+COVERAGE_RUNS: Counter[str] = Counter()
+RUNS_KEY = "runs"
 
 
 class HarnessError(RuntimeError):
@@ -164,6 +171,10 @@ def manifest(name: str, web_port: int, smtp_port: int) -> str:
             f'env = {{ NI_WEB = "http://127.0.0.1:{web_port}/" }}',
             "",
         ]
+    # The consumer's code never changes, so its children may be forked ahead of demand.
+    out += [f"[functions.{CONSUMER}]", f'handler = "functions/{CONSUMER}.py:handler"',
+            f"timeout = {TIMEOUTS[CONSUMER]}", "concurrency = 32", ""]
+    out += [f"[streams.{STREAM}]", f'consumers = ["{CONSUMER}"]', ""]
     out += ["[limits]", "concurrency = 128", "queue = 256", ""]
     return "\n".join(out)
 
@@ -186,12 +197,14 @@ class World:
         for slot in SLOTS:
             (self.app_dir / "functions" / f"{slot}.py").write_text(
                 "def handler(event, context):\n    return None\n")
+        (self.app_dir / "functions" / f"{CONSUMER}.py").write_text(CONSUMER_SOURCE)
         self.rt = App.load(self.app_dir).start(store=f"sqlite:///{root / f'store{name}.db'}")
         self._pending_async = 0
         self._lock = threading.Lock()
         self._audit_mark = 0
         self._log_mark = 0
         self.counting = False
+        self._seen: set[str] = set()  # what this run exercised (world A, when counting)
         self._instrument()
 
     # -- instrumentation (harness-side wrappers on *instances*, calling the class methods
@@ -220,33 +233,36 @@ class World:
 
         def reply(inv: Any, outcome: Any) -> Any:
             result = cls._reply(invoker, inv, outcome)
-            if self.counting:
-                kind = {"ok": "returned", "error": "raised", "timeout": "timed out",
-                        "crash": "crashed"}.get(outcome.status, outcome.status)
-                COVERAGE[f"outcome: {kind}"] += 1
-                if result.status == "withheld":
-                    COVERAGE["outcome: withheld reply"] += 1
-                how = ("async" if inv.response_bound == "top" and inv.parent
-                       else "sync-nested" if inv.parent else "top-level")
-                COVERAGE[f"invocation: {how}"] += 1
+            kind = {"ok": "returned", "error": "raised", "timeout": "timed out",
+                    "crash": "crashed"}.get(outcome.status, outcome.status)
+            self._count(f"outcome: {kind}")
+            if result.status == "withheld":
+                self._count("outcome: withheld reply")
+            how = ("stream consumer" if inv.function == CONSUMER
+                   else "async" if inv.response_bound == "top" and inv.parent
+                   else "sync-nested" if inv.parent else "top-level")
+            self._count(f"invocation: {how}")
             return result
 
         mcls = type(monitor)
 
         def handle(inv: Any, op: str, args: Any) -> Any:
-            if self.counting:
-                COVERAGE[f"op: {op}"] += 1
+            self._count(f"op: {op}")
             try:
                 return mcls.handle(monitor, inv, op, args)
             except Exception as e:
-                if self.counting:
-                    COVERAGE[f"op error: {op} -> {type(e).__name__}"] += 1
+                self._count(f"op error: {op} -> {type(e).__name__}")
                 raise
 
         invoker.invoke_async = invoke_async  # type: ignore[method-assign]
         invoker._run_with_retries = run_with_retries  # type: ignore[method-assign]
         invoker._reply = reply  # type: ignore[method-assign]
         monitor.handle = handle  # type: ignore[method-assign]
+
+    def _count(self, key: str) -> None:
+        if self.counting:
+            COVERAGE[key] += 1
+            self._seen.add(key)
 
     def close(self) -> None:
         self.rt.close(drain_timeout=10)
@@ -261,13 +277,15 @@ class World:
         shutil.rmtree(self.app_dir / "functions" / "__pycache__", ignore_errors=True)
 
     def quiesce(self) -> None:
-        invoker = self.rt.invoker
-        assert invoker is not None
+        invoker, engines = self.rt.invoker, self.rt.engines
+        assert invoker is not None and engines is not None
         deadline = time.monotonic() + QUIESCE_TIMEOUT_S
         calm = 0
         while calm < 3:  # idle on three consecutive polls: nothing is between two steps
             with self._lock:
                 idle = self._pending_async == 0 and invoker._inflight == 0
+            # every stream record delivered (its consumer's log is part of this window)
+            idle = idle and engines.streams.idle()
             calm = calm + 1 if idle else 0
             if time.monotonic() > deadline:
                 raise HarnessError(f"world {self.name} did not quiesce")
@@ -299,13 +317,28 @@ class World:
         return w
 
     def run(self, case: Case, gen: str, *, observers: tuple[str, ...] = ()) -> Trace:
+        self._seen = set()
+        try:
+            return self._run(case, gen, observers)
+        finally:
+            if self.counting:
+                COVERAGE_RUNS[RUNS_KEY] += 1
+                COVERAGE_RUNS.update(self._seen)
+
+    def _run(self, case: Case, gen: str, observers: tuple[str, ...]) -> Trace:
         self.load(case, gen)
         ns = {t: table_name(gen, t) for t in TABLES}
-        for s in case.seed:
-            self.rt.view(s.label).put(ns[s.t], s.k, seed_value(case, s, self.name))
         self.quiesce()
         self.window()  # start from a clean window
         trace = Trace()
+        for s in case.seed:
+            self.rt.view(s.label).put(ns[s.t], s.k, seed_value(case, s, self.name))
+        assert self.rt.engines is not None
+        for r in case.records:
+            self.rt.engines.streams.put(STREAM, {"v": record_value(case, r, self.name)},
+                                        f"{gen}.{r.part}", r.label)
+        self.quiesce()
+        trace.setup = self.window()  # the consumer's lines for the seeded records
         background: list[Any] = []
         pool = ThreadPoolExecutor(max_workers=4) if case.concurrent else None
         try:
@@ -339,9 +372,34 @@ class World:
                 trace.raw[(t, k)] = [(lab, None if tomb else v, tomb)
                                      for _seq, lab, v, tomb in
                                      self.rt.store.raw_facets(ns[t], k)]
+        everything = self.stream_tail("top")
+        # Sequence numbers count per (stream, label) across runs: this run's records at a
+        # label are numbered from the highest number earlier runs left at that label.
+        base: dict[str, int] = {}
+        for part, lab, n, _v in everything:
+            if not part.startswith(gen + "."):
+                base[lab] = max(base.get(lab, 0), n)
+        trace.stream = self.run_records(everything, gen, base)
         for obs in observers:
             trace.views[obs] = self.view(obs, ns)
+            trace.views[obs]["stream"] = self.run_records(self.stream_tail(obs), gen, base)
         return trace
+
+    def stream_tail(self, label: str) -> list[Record]:
+        """Every record of the stream visible at `label`, oldest first, with its partition,
+        label, sequence number and value, through the platform's own reader."""
+        assert self.rt.engines is not None
+        out: list[Record] = []
+        for r in self.rt.engines.streams.tail(STREAM, label, limit=10**9):
+            n, _, lab = r["sequenceNumber"].partition("/")
+            out.append((r["partitionKey"], lab, int(n), r["data"].get("v")))
+        return out
+
+    @staticmethod
+    def run_records(records: list[Record], gen: str, base: dict[str, int]) -> list[Record]:
+        prefix = gen + "."
+        return [(part[len(prefix):], lab, n - base.get(lab, 0), v)
+                for part, lab, n, v in records if part.startswith(prefix)]
 
     def view(self, obs: str, ns: dict[str, str]) -> dict[str, Any]:
         """The store as the platform's own API shows it at `obs`."""

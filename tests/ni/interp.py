@@ -9,7 +9,10 @@ conditional put), labels only going up (§4), sync invokes at the caller's label
 it, async invokes at the current or a named higher label with the runtime's retries (a retry
 starts at the label the failed attempt ended at), channel outputs allowed iff current ⊑ bound
 with a FlowError otherwise (§6), the withheld reply at the moment of a raise above the
-response bound, and logs/audit entries kept at the label an invocation ends with.
+response bound, and logs/audit entries kept at the label an invocation ends with. Streams
+(§4, §9, docs/streams-and-workflows.md): a record is put at the current or a named higher
+label (a lower one is a FlowError), numbered per label, and delivered to the consumer at its
+own label (batches never mix labels), which prints one line per record.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from typing import Any
 
 from ni import nilib
 from ni.lang import (
+    ASYNC,
     ASYNC_RETRIES,
+    CALLEE,
     CHANNEL_BOUND,
+    CONSUMER,
+    ENTRY,
     KEYS,
     TABLES,
     Case,
@@ -49,9 +56,11 @@ from ni.lang import (
     Send,
     Spin,
     Stmt,
+    StreamPut,
+    consumer_line,
     flows,
 )
-from ni.trace import Trace, Window, request_event_x, seed_value
+from ni.trace import Trace, Window, record_value, request_event_x, seed_value
 
 TOMB = object()  # a tombstone facet's value
 
@@ -133,12 +142,17 @@ class Interpreter:
         self.window = Window()
         self.pending: list[tuple[str, int, str]] = []  # async invocations (slot, x, label)
         self.final_label = ""  # the label the last finished invocation ended at
+        self.trace = Trace()
+        self.counts: dict[str, int] = {}  # stream records put so far, per label
 
     # ------------------------------------------------------------------ running requests
     def run(self) -> Trace:
         for s in self.case.seed:
             self.store.put(s.t, s.k, seed_value(self.case, s, self.world), s.label)
-        trace = Trace()
+        trace = self.trace
+        self.window = trace.setup
+        for r in self.case.records:
+            self.stream_put(r.part, record_value(self.case, r, self.world), r.label)
         for req in self.case.requests:
             self.window = Window()
             status, value, error = self.invoke(req.slot, request_event_x(self.case, req,
@@ -185,7 +199,11 @@ class Interpreter:
             self.window.audit.append(("timeout", slot, inv.label))
         elif outcome.status == "crash":
             self.window.audit.append(("kill", slot, inv.label))
-        if inv.withheld or not flows(inv.label, bound):
+        return self.reply(inv, outcome)
+
+    def reply(self, inv: Inv, outcome: Finished) -> tuple[str, Any, str]:
+        """What the invoker gets (§6): the withheld reply once the label rose above the bound."""
+        if inv.withheld or not flows(inv.label, inv.bound):
             return ("withheld", None, "withheld")
         if outcome.status == "ok":
             return ("ok", outcome.value, "")
@@ -229,6 +247,9 @@ class Interpreter:
         elif isinstance(s, Send):
             v = self.expr(s.e, regs)
             self.guard(lambda: self.send(inv, s.channel, v, regs, s.dst), s.catch, regs, s.dst)
+        elif isinstance(s, StreamPut):
+            v = self.expr(s.e, regs)
+            self.guard(lambda: self.guest_stream_put(inv, s, v, regs), s.catch, regs, s.dst)
         elif isinstance(s, Invoke):
             if s.text and s.catch:
                 raise AssertionError("error-text probes are not modelled")  # see `modelled`
@@ -269,6 +290,21 @@ class Interpreter:
             raise GuestError("FlowError")
         self.window.outputs.append((channel, f"v{v}", str(v)))
         regs[dst] = nilib.num(200 if channel.startswith("web") else 1)
+
+    def stream_put(self, part: str, v: int, label: str) -> None:
+        n = self.counts[label] = self.counts.get(label, 0) + 1
+        self.trace.stream.append((part, label, n, v))
+        # Delivered at its own label, so the consumer's line is at that label; it runs before
+        # the window closes (the harness waits for every record to be delivered).
+        self.window.logs.append((CONSUMER, label, consumer_line(part, v, label)))
+
+    def guest_stream_put(self, inv: Inv, s: StreamPut, v: int, regs: list[int]) -> None:
+        target = inv.label if s.label is None else s.label
+        if not flows(inv.label, target):
+            self.window.audit.append(("refused", inv.function, inv.label))
+            raise GuestError("FlowError")
+        self.stream_put(s.part, v, target)
+        regs[s.dst] = nilib.num(target)
 
     def sync_invoke(self, inv: Inv, slot: str, v: int, regs: list[int], dst: int) -> None:
         status, value, _ = self.invoke(slot, v, inv.label, inv.label)
@@ -311,7 +347,11 @@ def modelled(case: Case) -> bool:
                 return True
         return False
 
-    return not any(probes(p.body) for p in case.programs.values())
+    # Only programs a request can reach matter: entries call f2 and f3, the others nothing.
+    used = {r.slot for r in case.requests}
+    if used & set(ENTRY):
+        used |= {CALLEE, ASYNC}
+    return not any(probes(case.programs[slot].body) for slot in used)
 
 
 def interpret(case: Case, world: str = "A") -> Trace:

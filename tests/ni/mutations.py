@@ -1,8 +1,9 @@
 """A catalogue of deliberately broken monitors and stores (issue 7, §4).
 
-Each mutation patches a trusted class *in the test process* (the store and the monitor run
-there; the confined children only talk to them), for the duration of a `with` block. The
-property suite must catch every one: tests/ni/test_mutations.py checks that it does.
+Each mutation patches a trusted class *in the test process* (the store, the monitor, the
+invoker and the stream engine run there; the confined children only talk to them), for the
+duration of a `with` block. The property suite must catch every one:
+tests/ni/test_mutations.py checks that it does.
 
 Some mutations are confidentiality bugs, caught by the noninterference property; others break
 the store's semantics without leaking (the observer never sees the facets involved), and are
@@ -21,7 +22,9 @@ from unittest import mock
 from ni.lang import LABELS
 from trapeze.errors import FlowError
 from trapeze.monitor.monitor import Monitor
+from trapeze.runtime.engine_store import Lane, StoredRecord
 from trapeze.runtime.invoker import Invoker
+from trapeze.runtime.streams import StreamEngine
 from trapeze.store.base import MISSING
 from trapeze.store.sqlite import SqliteFacetedStore
 from trapeze.store.values import encode_value
@@ -36,6 +39,7 @@ _raise_label = Monitor.raise_label
 _check_output = Monitor.check_output
 _reply = Invoker._reply
 _target_label = Monitor._target_label
+_batch = StreamEngine._batch
 
 Patches = dict[tuple[type, str], Callable[..., Any]]
 
@@ -184,6 +188,26 @@ def _async_lower_label() -> Patches:
     return {(Monitor, "_target_label"): target_label}
 
 
+# ------------------------------------------------------------------------------ streams
+def _stream_batch_mixes_labels() -> Patches:
+    # The batch query "forgets" the label: a lane's batch takes every record of its partition
+    # after the lane's checkpoint, up to its own newest one, whatever their labels, and the
+    # consumer still runs at the lane's label. A low lane's batch then carries the high
+    # records put before its own (the lowest label of the batch is the one it runs at).
+    def batch(self: StreamEngine, spec: Any, lane: Lane, lanes: list[Lane]) -> list[StoredRecord]:
+        own = _batch(self, spec, lane, lanes)
+        if not own:
+            return own
+        mixed: list[StoredRecord] = []
+        for other in lanes:
+            if other.partition == lane.partition:
+                mixed += self.db.lane_records(lane.stream, other.partition, other.label,
+                                              lane.last_id, own[-1].id + 1, spec.batch_size)
+        return sorted(mixed, key=lambda r: r.id)[:spec.batch_size]
+
+    return {(StreamEngine, "_batch"): batch}
+
+
 # ----------------------------------------------------------------------------- catalogue
 @dataclass(frozen=True)
 class Mutation:
@@ -219,4 +243,7 @@ CATALOGUE = (
              _bound_check_skipped, "noninterference"),
     Mutation("async_lower_label", "async invoke runs at the label the caller started at",
              _async_lower_label, "noninterference"),
+    Mutation("stream_batch_mixes_labels", "a stream batch takes the partition's records of "
+             "every label and runs at its lane's (the lowest) label", _stream_batch_mixes_labels,
+             "noninterference"),
 )

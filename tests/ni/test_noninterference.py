@@ -17,7 +17,7 @@ from hypothesis import example, given, settings
 
 from ni.conftest import _common, ni_examples
 from ni.corpus import CORPUS
-from ni.harness import COVERAGE, Worlds
+from ni.harness import COVERAGE, COVERAGE_RUNS, RUNS_KEY, Worlds
 from ni.lang import Case, cases
 from ni.properties import check_case
 
@@ -38,19 +38,23 @@ for _c in CORPUS.values():  # the real platform must pass the hand-written leak 
 REQUIRED = [
     "op: kv.get", "op: kv.put", "op: kv.delete", "op: kv.scan", "op: kv.facets",
     "op: label.raise", "op: label.current", "op: functions.invoke",
-    "op: functions.invoke_async", "op: http.request", "op: channel.send",
+    "op: functions.invoke_async", "op: http.request", "op: channel.send", "op: streams.put",
     "op error: label.raise -> FlowError", "op error: http.request -> FlowError",
     "op error: channel.send -> FlowError", "op error: functions.invoke -> InvocationError",
+    "op error: streams.put -> FlowError",
     "outcome: returned", "outcome: raised", "outcome: timed out", "outcome: crashed",
     "outcome: withheld reply",
     "invocation: top-level", "invocation: sync-nested", "invocation: async",
+    "invocation: stream consumer",
 ]
 
 
 def coverage_report() -> str:
-    lines = ["| what the platform did (world A, all examples) | count |", "|---|---:|"]
+    runs = COVERAGE_RUNS[RUNS_KEY]
+    lines = [f"| what the platform did (world A) | runs (of {runs}) | times |",
+             "|---|---:|---:|"]
     for key, n in sorted(COVERAGE.items()):
-        lines.append(f"| {key} | {n} |")
+        lines.append(f"| {key} | {COVERAGE_RUNS[key]} | {n} |")
     return "\n".join(lines)
 
 
