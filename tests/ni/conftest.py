@@ -2,7 +2,7 @@
 
 Budgets (examples per property), default and long:
 
-    python -m pytest tests/ni -q                                  # ~75 s on 2 busy cores
+    python -m pytest tests/ni -q                                  # 75-120 s on 2 shared cores
     TRAPEZE_NI_EXAMPLES=2000 python -m pytest tests/ni -q         # the long run
     python -m pytest tests/ni -q --hypothesis-profile=ni-long     # the same, as a profile
 """
