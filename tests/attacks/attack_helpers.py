@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,28 @@ from fake_monitor import FakeMonitor
 from trapeze.sandbox import Sandbox, SandboxSpec
 
 APP = Path(__file__).parent / "app"
-# When the checkout itself lives under /tmp, the child's private /tmp holds the read-only
-# mount point on the way to the app (the sandbox mounts readable roots back in): a static,
-# empty-of-secrets entry, the same for every invocation. Anything else in /tmp is state.
-MOUNTED_IN_TMP = (
-    [APP.resolve().parts[2]]
-    if len(APP.resolve().parts) > 2 and APP.resolve().parts[1] == "tmp" else []
-)
+
+
+def _first_components_under_tmp() -> list[str]:
+    """When the checkout (or the Python installation, e.g. a virtualenv) lives under /tmp,
+    the child's private /tmp holds the read-only mount points on the way to them (the
+    sandbox mounts readable roots back in): static, empty-of-secrets entries, the same for
+    every invocation. Anything else in /tmp is state. Sorted: compare sorted listings."""
+    import site
+
+    import trapeze
+
+    roots = [APP, Path(trapeze.__file__).parent, sys.prefix, sys.base_prefix, sys.exec_prefix,
+             *site.getsitepackages()]
+    out = set()
+    for root in roots:
+        parts = Path(root).resolve().parts
+        if len(parts) > 2 and parts[1] == "tmp":
+            out.add(parts[2])
+    return sorted(out)
+
+
+MOUNTED_IN_TMP = _first_components_under_tmp()
 
 
 def make_sandbox(handler: str = "attacks:handler", **kw: Any) -> Sandbox:
