@@ -47,17 +47,9 @@ import time
 from collections.abc import Callable
 
 from trapeze.labels import Lattice
+from trapeze.labels.examples import HELLO_RETAIL
 from trapeze.store import FacetedStore, PlainStore, open_plain_store, open_store
 
-HELLO_RETAIL = {
-    "bottom": ["public"],
-    "public": ["client:*", "photographer:*"],
-    "client:*": ["owner", "client-cc:*"],
-    "client-cc:*": ["cc-company"],
-    "photographer:*": ["owner"],
-    "owner": ["top"],
-    "cc-company": ["top"],
-}
 TABLE = "orders"
 
 

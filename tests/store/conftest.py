@@ -22,19 +22,11 @@ from hypothesis import HealthCheck, settings
 # registered once, in tests/conftest.py (a second registration would start a second cluster).
 from pg_cluster import PgCluster, _free_port
 from trapeze.labels import Lattice
+from trapeze.labels.examples import HELLO_RETAIL
 from trapeze.store import FacetedStore, open_store
 
 __all__ = ["PgCluster", "_free_port"]
 
-HELLO_RETAIL = {
-    "bottom": ["public"],
-    "public": ["client:*", "photographer:*"],
-    "client:*": ["owner", "client-cc:*"],
-    "client-cc:*": ["cc-company"],
-    "photographer:*": ["owner"],
-    "owner": ["top"],
-    "cc-company": ["top"],
-}
 
 # Default budget keeps tests/store well under a minute; longer runs:
 #   TRAPEZE_STORE_PROFILE=long python -m pytest tests/store -q
