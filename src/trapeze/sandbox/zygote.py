@@ -8,6 +8,8 @@ talks to the monitor over a SOCK_SEQPACKET control socket (FD) and:
    with anything), and as a non-root user a user namespace that makes the rest possible;
 2. imports the guest runtime and `preload` modules - never the function's module (a zygote
    that ran untrusted module code could keep what it learns and hand it to later children);
+   compiles (never runs) the app's modules, and imports the standard-library modules their
+   import statements name;
 3. compiles the seccomp filter, the Landlock rule list and the rlimits once, and prepares the
    environment every child inherits;
 4. per slot (a uid, used by one child at a time), once: a mount namespace whose /tmp is the
@@ -34,8 +36,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import importlib.machinery
-import importlib.util
 import os
 import resource
 import selectors
@@ -44,12 +44,12 @@ import socket
 import stat
 import sys
 import traceback
-from types import CodeType
 from typing import Any
 
 import msgpack
 
 from trapeze.sandbox import syscalls as sc
+from trapeze.sandbox.app_modules import AppModules
 from trapeze.sandbox.confine import (
     COVERED_SYSTEM_DIRS,
     MODE_NONE,
@@ -242,95 +242,7 @@ def _build_plan(cfg: dict[str, Any], mode: str, roots: list[str]) -> Plan:
     return plan
 
 
-# Source compiled ahead by the zygote: at most this much of the app's top-level modules.
-PRECOMPILE_MAX_BYTES = 4 << 20
-
-
-class _PrecompiledLoader(importlib.machinery.SourceFileLoader):
-    """Hands a child the code object the zygote compiled from an app module's source.
-
-    A child cannot write bytecode caches (the app directory is read-only to it), so without
-    this every child would compile the function's module from source again (~1 ms for a
-    small one here). Compiling runs none of the module's code, so the zygote may do it:
-    what the zygote must never do is execute it. Used only while the file is unchanged.
-    """
-
-    codes: dict[str, tuple[int, int, CodeType]] = {}
-
-    def get_code(self, fullname: str) -> CodeType | None:
-        path = self.get_filename(fullname)
-        entry = self.codes.get(path)
-        if entry is not None:
-            st = os.stat(path)
-            if (st.st_mtime_ns, st.st_size) == entry[:2]:
-                return entry[2]
-        return super().get_code(fullname)
-
-
-def _precompile_app(app_dir: str) -> None:
-    """Compile the app's top-level modules and prepare the finder children will use for
-    app_dir. The app directory is *not* put on the zygote's own sys.path: an app module
-    shadowing a stdlib name must never be imported here."""
-    budget = PRECOMPILE_MAX_BYTES
-    for entry in sorted(os.scandir(app_dir), key=lambda e: e.name):
-        if not entry.name.endswith(".py") or not entry.is_file():
-            continue
-        st = entry.stat()
-        if st.st_size > budget:
-            continue
-        budget -= st.st_size
-        try:
-            with open(entry.path, "rb") as fh:
-                source = fh.read()
-            code = compile(source, entry.path, "exec", dont_inherit=True)
-        except (OSError, SyntaxError, ValueError):
-            continue  # the child's import reports it, in the invocation's log
-        _PrecompiledLoader.codes[entry.path] = (st.st_mtime_ns, st.st_size, code)
-    machinery = importlib.machinery
-    finder = machinery.FileFinder(
-        app_dir,
-        (machinery.ExtensionFileLoader, machinery.EXTENSION_SUFFIXES),
-        (_PrecompiledLoader, machinery.SOURCE_SUFFIXES),
-        (machinery.SourcelessFileLoader, machinery.BYTECODE_SUFFIXES),
-    )
-    finder.find_spec("__trapeze_fill_cache__")  # lists the directory once, here
-    sys.path_importer_cache[app_dir] = finder
-
-
-def _handler_spec(plan: Plan) -> importlib.machinery.ModuleSpec | None:
-    """The import spec of the handler's module, found once here rather than per child.
-
-    Only for a top-level module compiled above (the common case, `handlers.py` next to the
-    manifest): a child then skips the import system's search (meta path, path finders,
-    directory caches), a few hundred microseconds of page faults on this VM. Anything else
-    (packages, dotted names, extension modules) is imported normally in the child.
-    """
-    if "." in plan.module:
-        return None
-    path = os.path.join(plan.app_dir, plan.module + ".py")
-    if path not in _PrecompiledLoader.codes:
-        return None
-    return importlib.util.spec_from_file_location(
-        plan.module, path, loader=_PrecompiledLoader(plan.module, path)
-    )
-
-
-def _import_handler_module(plan: Plan, spec: importlib.machinery.ModuleSpec | None) -> Any:
-    """In the child: what `importlib.import_module(plan.module)` does, minus the search."""
-    if spec is None or plan.module in sys.modules:
-        return importlib.import_module(plan.module)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[plan.module] = module
-    try:
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    except BaseException:
-        sys.modules.pop(plan.module, None)
-        raise
-    return module
-
-
-def _child(plan: Plan, slot: Slot, chan_fd: int, log_fd: int,
-           spec: importlib.machinery.ModuleSpec | None) -> None:
+def _child(plan: Plan, slot: Slot, chan_fd: int, log_fd: int, modules: AppModules) -> None:
     """Runs in the forked child; never returns."""
     try:
         confine(plan, slot, chan_fd, log_fd)
@@ -338,10 +250,11 @@ def _child(plan: Plan, slot: Slot, chan_fd: int, log_fd: int,
         from trapeze.guest import _runtime
 
         chan = _runtime.install(3, plan.max_message_bytes)
+        modules.install_finder()
         import_error: BaseException | None = None
         module: Any = None
         try:
-            module = _import_handler_module(plan, spec)
+            module = importlib.import_module(plan.module)
         except BaseException as exc:
             import_error = exc
 
@@ -377,8 +290,8 @@ def main() -> None:
             _cover_private_dirs(cfg, plan)
         plan.null_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         prepare_process(plan)
-        _precompile_app(plan.app_dir)
-        handler_spec = _handler_spec(plan)
+        modules = AppModules.compile(plan.app_dir)
+        modules.preload_stdlib()
         # Each live slot holds two descriptors (namespace, ruleset).
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -460,7 +373,7 @@ def main() -> None:
             pid = sc.fork_bare()  # single-threaded: checked at start-up
             if pid == 0:
                 sel.close()
-                _child(plan, slot, child_end.fileno(), log_w, handler_spec)
+                _child(plan, slot, child_end.fileno(), log_w, modules)
             pidfd = os.pidfd_open(pid)
             _send(ctrl, {"t": "ready", "cid": cid, "pid": pid},
                   [parent_end.fileno(), log_r, pidfd])

@@ -1,0 +1,229 @@
+"""The app's own Python modules, prepared once by the zygote for every child it forks.
+
+Trusted; runs in the zygote. Untrusted code is compiled here but never executed: compiling
+runs none of a module's code, which is what the zygote must never do (zygote.py says why).
+A child would otherwise, per invocation, search the import path, compile the function's
+modules from source (it cannot write bytecode caches: the app directory is read-only to it)
+and import every standard-library module they name — ~5 ms of CPU for a Hello Retail
+handler on this VM, more than the rest of its confinement and invocation together.
+
+So the zygote
+* compiles every module of the app directory (within a budget) to a code object;
+* builds one spec per importable name — modules, packages, namespace packages — which a
+  child's meta-path finder hands out with a dictionary lookup instead of a path search;
+* imports, here, the standard-library modules the app's import statements name. The
+  standard library is as trusted as the interpreter; third-party libraries are preloaded
+  only when the manifest lists them (`preload`).
+
+The finder is installed in the child only, after confinement: the zygote's own imports
+never see app modules, so an app file named like a standard module cannot run here.
+Changed files are noticed (the code object is used only while size and mtime match); files
+added after the zygote started are found by the ordinary import path.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.abc
+import importlib.machinery
+import os
+import stat
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import CodeType, ModuleType
+
+# Source compiled ahead: at most this much of the app's modules, this many files.
+PRECOMPILE_MAX_BYTES = 4 << 20
+PRECOMPILE_MAX_FILES = 2000
+
+# Standard-library modules never preloaded automatically even when app code imports them:
+# importing them acts (prints, opens a browser or a window) or needs a display.
+NO_AUTO_PRELOAD = frozenset({
+    "__hello__", "__phello__", "antigravity", "idlelib", "this", "tkinter", "turtle",
+    "turtledemo",
+})
+
+# path -> (st_mtime_ns, st_size, code object compiled from that version of the file)
+_CODES: dict[str, tuple[int, int, CodeType]] = {}
+
+
+class PrecompiledLoader(importlib.machinery.SourceFileLoader):
+    """Hands a child the code object the zygote compiled, while the file is unchanged."""
+
+    def get_code(self, fullname: str) -> CodeType | None:
+        path = self.get_filename(fullname)
+        entry = _CODES.get(path)
+        if entry is not None:
+            st = os.stat(path)
+            if (st.st_mtime_ns, st.st_size) == entry[:2]:
+                return entry[2]
+        return super().get_code(fullname)
+
+
+class AppModuleFinder(importlib.abc.MetaPathFinder):
+    """In a child: the app's specs by name, placed where PathFinder is on sys.meta_path, so
+    that precedence is the ordinary one (sys.modules, built-in and frozen modules first)."""
+
+    def __init__(self, specs: dict[str, importlib.machinery.ModuleSpec]) -> None:
+        self.specs = specs
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        # Each child imports a module once, so handing out the zygote's spec object (the
+        # child's own copy-on-write copy of it) is safe.
+        return self.specs.get(fullname)
+
+
+@dataclass
+class AppModules:
+    app_dir: str
+    specs: dict[str, importlib.machinery.ModuleSpec] = field(default_factory=dict)
+    stdlib: set[str] = field(default_factory=set)
+
+    @classmethod
+    def compile(cls, app_dir: str) -> AppModules:
+        self = cls(app_dir)
+        for path, st in _app_sources(app_dir):
+            try:
+                with open(path, "rb") as fh:
+                    source = fh.read()
+                tree = ast.parse(source, path)
+                code = compile(tree, path, "exec", dont_inherit=True)
+            except (OSError, SyntaxError, ValueError):
+                continue  # the child's import reports it, in the invocation's log
+            _CODES[path] = (st.st_mtime_ns, st.st_size, code)
+            self.stdlib |= _stdlib_imports(tree)
+        self._index(app_dir, "")
+        return self
+
+    def _index(self, directory: str, prefix: str) -> None:
+        """Specs for what `import prefix.NAME` finds in `directory`, with FileFinder's
+        precedence: package, then module, then namespace package. Names that anything other
+        than a compiled .py file could also provide (extension modules, bytecode-only files)
+        are left to the ordinary import path."""
+        try:
+            entries = {e.name: e for e in os.scandir(directory)}
+        except OSError:
+            return
+        stems: dict[str, list[str]] = {}
+        for name in entries:
+            stem, dot, _suffix = name.partition(".")
+            if dot:
+                stems.setdefault(stem, []).append(name)
+        for name, entry in sorted(entries.items()):
+            if name.startswith(".") or name == "__pycache__" or not name.isidentifier():
+                continue
+            if not entry.is_dir(follow_symlinks=True):
+                continue
+            full = prefix + name
+            init = os.path.join(entry.path, "__init__.py")
+            inits = [n for n in _listdir(entry.path) if n.startswith("__init__.")]
+            if inits == ["__init__.py"] and init in _CODES:
+                self.specs[full] = _source_spec(full, init, package_dir=entry.path)
+                self._index(entry.path, full + ".")
+            elif not inits and full + ".py" not in entries and full not in stems:
+                if prefix or not _found_outside_app(name):
+                    self.specs[full] = _namespace_spec(full, entry.path)
+                    self._index(entry.path, full + ".")
+        for stem, names in sorted(stems.items()):
+            full = prefix + stem
+            path = os.path.join(directory, stem + ".py")
+            if (names == [stem + ".py"] and stem.isidentifier() and full not in self.specs
+                    and path in _CODES):
+                self.specs[full] = _source_spec(full, path)
+
+    def preload_stdlib(self) -> None:
+        """Import, here and once, the standard-library modules the app's code names, so
+        that no child pays for them (json and datetime alone cost a child ~3 ms). A module
+        that fails to import (a missing optional C library) is left to the child."""
+        for name in sorted(self.stdlib):
+            if name in sys.modules:
+                continue
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: S112 - the child's own import reports it, if it matters
+                continue
+
+    def install_finder(self) -> None:
+        """In the child, after confinement."""
+        finder = AppModuleFinder(self.specs)
+        for i, entry in enumerate(sys.meta_path):
+            if entry is importlib.machinery.PathFinder:
+                sys.meta_path.insert(i, finder)
+                return
+        sys.meta_path.append(finder)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _source_spec(name: str, path: str, *,
+                 package_dir: str | None = None) -> importlib.machinery.ModuleSpec:
+    loader = PrecompiledLoader(name, path)
+    spec = importlib.machinery.ModuleSpec(name, loader, origin=path,
+                                          is_package=package_dir is not None)
+    spec.has_location = True
+    if package_dir is not None:
+        spec.submodule_search_locations = [package_dir]
+    spec.cached = None
+    return spec
+
+
+def _namespace_spec(name: str, directory: str) -> importlib.machinery.ModuleSpec:
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [directory]
+    return spec
+
+
+def _found_outside_app(name: str) -> bool:
+    """A top-level folder without __init__.py is only a namespace package if no other
+    entry of the import path provides the name (the zygote's path is the child's minus the
+    app directory)."""
+    try:
+        return importlib.machinery.PathFinder.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return True
+
+
+def _app_sources(app_dir: str) -> list[tuple[str, os.stat_result]]:
+    """The app's .py files in a stable order, within the budget. Hidden folders (the
+    monitor's own are, and are covered by now anyway) and bytecode caches are skipped."""
+    found: list[tuple[str, os.stat_result]] = []
+    budget = PRECOMPILE_MAX_BYTES
+    for top, dirnames, filenames in os.walk(app_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(filenames):
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(top, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_size > budget:
+                continue
+            budget -= st.st_size
+            found.append((path, st))
+            if len(found) >= PRECOMPILE_MAX_FILES:
+                return found
+    return found
+
+
+def _stdlib_imports(tree: ast.AST) -> set[str]:
+    """Standard-library modules a module's import statements name (at any depth: an import
+    inside a function runs per invocation too). Relative imports are the app's own."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return {name for name in names
+            if name.partition(".")[0] in sys.stdlib_module_names
+            and name.partition(".")[0] not in NO_AUTO_PRELOAD}
