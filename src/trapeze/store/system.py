@@ -6,7 +6,8 @@ logs carry the invocation's label and are filtered by a caller-supplied visibili
 (the gateway passes ``lambda l: lattice.flows(l, viewer_clearance)``).
 
 Thread and process safety come from the store's connection provider (one connection per
-thread, WAL, busy timeout); every write is a single autocommit statement.
+thread, WAL, busy timeout) and, between this process's threads, the file's writer lock
+(sqlite_writer.py); every write is a single autocommit statement.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from trapeze.errors import InvalidArgument
 from trapeze.labels import Lattice
+from trapeze.store.sqlite_writer import WriterLock, database_path
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sys_principals (
@@ -103,14 +105,17 @@ class SystemTables:
         self._conn = conn
         self._lattice = lattice
         c = conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in _SCHEMA:
-                c.execute(stmt)
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        busy_ms = c.execute("PRAGMA busy_timeout").fetchone()[0]
+        self._writer = WriterLock(database_path(c), busy_ms / 1000)
+        with self._writer.held():
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in _SCHEMA:
+                    c.execute(stmt)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
 
     # ------------------------------------------------------------------ principals
     def add_principal(self, pid: str, clearance: str, *, replace: bool = False) -> Principal:
@@ -121,10 +126,11 @@ class SystemTables:
         now = time.time()
         verb = "INSERT OR REPLACE" if replace else "INSERT"
         try:
-            self._conn().execute(
-                f"{verb} INTO sys_principals (id, clearance, created) VALUES (?, ?, ?)",
-                (pid, clearance, now),
-            )
+            with self._writer.held():
+                self._conn().execute(
+                    f"{verb} INTO sys_principals (id, clearance, created) VALUES (?, ?, ?)",
+                    (pid, clearance, now),
+                )
         except sqlite3.IntegrityError:
             raise InvalidArgument(f"principal {pid!r} already exists") from None
         return Principal(pid, clearance, now)
@@ -143,14 +149,15 @@ class SystemTables:
 
     def remove_principal(self, pid: str) -> bool:
         c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            c.execute("DELETE FROM sys_tokens WHERE principal = ?", (pid,))
-            n = c.execute("DELETE FROM sys_principals WHERE id = ?", (pid,)).rowcount
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        with self._writer.held():
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute("DELETE FROM sys_tokens WHERE principal = ?", (pid,))
+                n = c.execute("DELETE FROM sys_principals WHERE id = ?", (pid,)).rowcount
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
         return n > 0
 
     # ------------------------------------------------------------------ tokens
@@ -163,10 +170,11 @@ class SystemTables:
     def add_token_hash(self, digest: str, principal: str, *, expires: float | None = None) -> None:
         if self.get_principal(principal) is None:
             raise InvalidArgument(f"unknown principal {principal!r}")
-        self._conn().execute(
-            "INSERT INTO sys_tokens (hash, principal, created, expires) VALUES (?, ?, ?, ?)",
-            (digest, principal, time.time(), expires),
-        )
+        with self._writer.held():
+            self._conn().execute(
+                "INSERT INTO sys_tokens (hash, principal, created, expires) VALUES (?, ?, ?, ?)",
+                (digest, principal, time.time(), expires),
+            )
 
     def resolve_token(
         self, token: str, *, now: float | None = None
@@ -185,9 +193,10 @@ class SystemTables:
         return "ok", Principal(pid, clearance, created)
 
     def revoke_tokens(self, principal: str) -> int:
-        return self._conn().execute(
-            "DELETE FROM sys_tokens WHERE principal = ?", (principal,)
-        ).rowcount
+        with self._writer.held():
+            return self._conn().execute(
+                "DELETE FROM sys_tokens WHERE principal = ?", (principal,)
+            ).rowcount
 
     # ------------------------------------------------------------------ audit log
     def append_audit(
@@ -200,11 +209,12 @@ class SystemTables:
         detail: dict[str, Any] | None = None,
     ) -> int:
         text = json.dumps(detail or {}, sort_keys=True, default=repr)
-        rows = self._conn().execute(
-            "INSERT INTO sys_audit (time, kind, function, request_id, label, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-            (time.time(), kind, function, request_id, label, text),
-        ).fetchall()
+        with self._writer.held():
+            rows = self._conn().execute(
+                "INSERT INTO sys_audit (time, kind, function, request_id, label, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+                (time.time(), kind, function, request_id, label, text),
+            ).fetchall()
         return int(rows[0][0])
 
     def audit(
@@ -224,11 +234,12 @@ class SystemTables:
 
     # ------------------------------------------------------------------ invocation logs
     def append_log(self, function: str, request_id: str, label: str, text: str) -> int:
-        rows = self._conn().execute(
-            "INSERT INTO sys_logs (time, function, request_id, label, text) "
-            "VALUES (?, ?, ?, ?, ?) RETURNING seq",
-            (time.time(), function, request_id, label, text),
-        ).fetchall()
+        with self._writer.held():
+            rows = self._conn().execute(
+                "INSERT INTO sys_logs (time, function, request_id, label, text) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING seq",
+                (time.time(), function, request_id, label, text),
+            ).fetchall()
         return int(rows[0][0])
 
     def logs(

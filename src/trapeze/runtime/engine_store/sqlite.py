@@ -34,6 +34,7 @@ from trapeze.runtime.engine_store.base import (
     exec_claim,
 )
 from trapeze.store.sqlite import SqliteConfig, _Connections, parse_sqlite_url
+from trapeze.store.sqlite_writer import WriterLock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trapeze_stream_records (
@@ -194,11 +195,13 @@ class SqliteEngineDB(EngineDB):
 
     def __init__(self, config: SqliteConfig) -> None:
         self._conns = _Connections(config, lambda conn: None)
+        self._writer = WriterLock(config.path, config.busy_timeout_ms / 1000)
         self._claims: set[str] = set()
         self._claims_lock = threading.Lock()
         # Autocommit DDL: each CREATE ... IF NOT EXISTS takes the write lock on its own, so
         # two processes opening the same file at once both end up with the same schema.
-        self._conn().executescript(_SCHEMA)
+        with self._writer.held():
+            self._conn().executescript(_SCHEMA)
 
     @classmethod
     def from_url(cls, url: str) -> SqliteEngineDB:
@@ -223,13 +226,14 @@ class SqliteEngineDB(EngineDB):
         if fence is not None:
             self._fence(fence)
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._writer.held():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         return self._conn().execute(sql, params).fetchall()
