@@ -107,3 +107,19 @@ def test_children_import_app_modules_and_never_the_zygote(tmp_path: Path) -> Non
             out = sb.run({}, {}, FakeMonitor())
         assert out.status == "ok", out
         assert out.value["helper"] == "namespace!"
+
+
+def test_literal_regular_expressions_are_compiled_ahead(tmp_path: Path) -> None:
+    import re
+
+    app = tmp_path / "app"
+    _write(app / "pats.py",
+           "import re\nA = re.compile(r'(?:zz)+q', re.I | re.M)\n"
+           "def f(s):\n    return re.fullmatch('y{2,3}k', s) or re.compile(s) or "
+           "re.compile('(', 0)\n")
+    modules = AppModules.compile(str(app))
+    assert modules.patterns == {("(?:zz)+q", re.I | re.M), ("y{2,3}k", 0), ("(", 0)}
+    re.purge()
+    modules.preload_stdlib()  # the invalid "(" is skipped, not raised
+    cache = re._cache  # type: ignore[attr-defined]
+    assert (str, "(?:zz)+q", int(re.I | re.M)) in cache and (str, "y{2,3}k", 0) in cache

@@ -45,6 +45,15 @@ NO_AUTO_PRELOAD = frozenset({
     "turtledemo",
 })
 
+# Literal regular expressions compiled ahead, at most (re's own cache keeps 512).
+MAX_PATTERNS = 256
+# re's functions whose first argument is a pattern, and its flags by name.
+_RE_FUNCTIONS = frozenset({"compile", "match", "fullmatch", "search", "sub", "subn", "split",
+                           "findall", "finditer"})
+_RE_FLAGS = {"A": 256, "ASCII": 256, "I": 2, "IGNORECASE": 2, "L": 4, "LOCALE": 4, "M": 8,
+             "MULTILINE": 8, "S": 16, "DOTALL": 16, "U": 32, "UNICODE": 32, "X": 64,
+             "VERBOSE": 64}
+
 # path -> (st_mtime_ns, st_size, code object compiled from that version of the file)
 _CODES: dict[str, tuple[int, int, CodeType]] = {}
 
@@ -81,6 +90,7 @@ class AppModules:
     app_dir: str
     specs: dict[str, importlib.machinery.ModuleSpec] = field(default_factory=dict)
     stdlib: set[str] = field(default_factory=set)
+    patterns: set[tuple[str | bytes, int]] = field(default_factory=set)
 
     @classmethod
     def compile(cls, app_dir: str) -> AppModules:
@@ -95,6 +105,8 @@ class AppModules:
                 continue  # the child's import reports it, in the invocation's log
             _CODES[path] = (st.st_mtime_ns, st.st_size, code)
             self.stdlib |= _stdlib_imports(tree)
+            if len(self.patterns) < MAX_PATTERNS:
+                self.patterns |= _literal_patterns(tree)
         self._index(app_dir, "")
         return self
 
@@ -144,6 +156,22 @@ class AppModules:
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: S112 - the child's own import reports it, if it matters
+                continue
+        self._compile_patterns()
+
+    def _compile_patterns(self) -> None:
+        """Fill `re`'s cache with the app's literal regular expressions: a module-level
+        `re.compile(r"...")` then costs a child a dictionary lookup instead of running the
+        pattern compiler (~0.5 ms for Hello Retail's date-time pattern, more in a fresh
+        child). Compiling a pattern runs no app code; an invalid one is left to the child."""
+        if not self.patterns or "re" not in sys.modules:
+            return
+        import re
+
+        for pattern, flags in sorted(self.patterns, key=repr)[:MAX_PATTERNS]:
+            try:
+                re.compile(pattern, flags)
+            except (re.error, TypeError, ValueError, OverflowError, RecursionError):
                 continue
 
     def install_finder(self) -> None:
@@ -227,3 +255,36 @@ def _stdlib_imports(tree: ast.AST) -> set[str]:
     return {name for name in names
             if name.partition(".")[0] in sys.stdlib_module_names
             and name.partition(".")[0] not in NO_AUTO_PRELOAD}
+
+
+def _literal_patterns(tree: ast.AST) -> set[tuple[str | bytes, int]]:
+    """(pattern, flags) of calls `re.compile("...")`, `re.match(r"...", s, re.I | re.M)`...
+    whose pattern is a string literal and whose flags, if any, are re's named flags."""
+    found: set[tuple[str | bytes, int]] = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "re"
+                and node.func.attr in _RE_FUNCTIONS and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str | bytes)):
+            continue
+        flag_node: ast.expr | None = next(
+            (k.value for k in node.keywords if k.arg == "flags"), None)
+        if flag_node is None and node.func.attr == "compile" and len(node.args) > 1:
+            flag_node = node.args[1]
+        flags = 0 if flag_node is None else _flags_value(flag_node)
+        if flags is not None:
+            found.add((node.args[0].value, flags))
+    return found
+
+
+def _flags_value(node: ast.expr) -> int | None:
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+            and node.value.id == "re":
+        return _RE_FLAGS.get(node.attr)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        left, right = _flags_value(node.left), _flags_value(node.right)
+        return None if left is None or right is None else left | right
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    return None
