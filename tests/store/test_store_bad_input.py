@@ -185,6 +185,11 @@ def test_urls(tmp_path: Any, lattice: Any) -> None:
         open_store(f"sqlite:///{tmp_path}/a.db?cache=big", lattice)
     with pytest.raises(ConfigError, match="file path"):
         open_store("sqlite://:memory:", lattice)
+    with pytest.raises(ConfigError, match="cache_mb"):
+        open_store(f"sqlite:///{tmp_path}/a.db?cache_mb=lots", lattice)
     with open_store(f"sqlite:///{tmp_path}/b.db?synchronous=full", lattice) as s:
         s.put("t", "k", 1, label="public")
         assert s.get("t", "k", label="owner") == 1
+    with open_plain_store(f"sqlite:///{tmp_path}/c.db?cache_mb=64") as p:
+        conn = p._conns.get()  # type: ignore[attr-defined]
+        assert conn.execute("PRAGMA cache_size").fetchone()[0] == -64 * 1024

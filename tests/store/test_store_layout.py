@@ -5,7 +5,8 @@
 * labels are interned per store file: a store instance must see, and obey the write rule
   for, labels that another instance (another process) interned after it took its snapshot;
 * a facet whose label the current lattice does not know is invisible and never removed;
-* (SQLite) a file of the first layout (label text in facets, counter row) is migrated.
+* (SQLite) files of the first layout (label text in facets, counter row) and of schema
+  version 1 are migrated; a newer schema version is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from store.invariants import check_write_rule_invariant
 from store.model import ModelStore
 from trapeze.labels import Lattice
 from trapeze.store import open_store
+from trapeze.store.base import StoreSchemaError
+from trapeze.store.sqlite import FACETED_SCHEMA_VERSION
 
 
 def test_seq_rises_per_key_when_clock_stalls_or_goes_back(
@@ -46,6 +49,54 @@ def test_seq_rises_per_key_when_clock_stalls_or_goes_back(
         assert store.get("t", "k", label="client:a") == "client:a"
         assert store.get("t", "k", label="photographer:p") == "photographer:p"
         assert store.get("t", "k", label="public") == 1
+
+
+def test_rewrite_after_other_instances_wrote(backend: Backend, lattice: Lattice) -> None:
+    """A store may remember the seq of its own last write at a label to a key and start the
+    write rule's walk there (SQLite's w_from). Whatever other instances did since (wrote above
+    the label, removed the remembered facet from below and then wrote above again, rewrote
+    the same label), a rewrite must still remove every facet at or above its label."""
+    url = backend.url()
+    with backend.open(lattice, url) as a, backend.open(lattice, url) as b:
+        a.put("t", "k", "a1", label="client:alice")
+        b.put("t", "k", "b-owner", label="owner")  # above a's facet, newer
+        a.put("t", "k", "a2", label="client:alice")
+        assert [lab for _, lab, _, _ in a.raw_facets("t", "k")] == ["client:alice"]
+
+        b.put("t", "k", "b-public", label="public")  # removes a's remembered facet
+        b.put("t", "k", "b-cc", label="client-cc:alice")  # above alice again
+        b.put("t", "k", "b-top", label="top")
+        a.put("t", "k", "a3", label="client:alice")
+        raw = a.raw_facets("t", "k")
+        assert [lab for _, lab, _, _ in raw] == ["client:alice", "public"]
+        check_write_rule_invariant(lattice, raw)
+
+        b.put("t", "k", "b-alice", label="client:alice")  # the same label, by b
+        b.put("t", "k", "b-owner2", label="owner")
+        a.delete("t", "k", label="client:alice")
+        raw = a.raw_facets("t", "k")
+        assert [(lab, tomb) for _, lab, _, tomb in raw] == [("client:alice", True),
+                                                            ("public", False)]
+        check_write_rule_invariant(lattice, raw)
+        assert b.get("t", "k", label="owner") is None
+        assert b.get("t", "k", label="client:bob") == "b-public"
+
+
+def test_same_label_rewrite_when_clock_steps_back(
+    backend: Backend, lattice: Lattice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with backend.open(lattice) as store:
+        clock = iter([10**18, 10**18 + 5, 7, 7] + [3] * 20)  # retries read it again
+        monkeypatch.setattr(time, "time_ns", lambda: next(clock))
+        seqs = [store.put_seq("t", "k", i, label="client:alice") for i in range(2)]
+        store.put("t", "k", 2, label="client:alice")  # clock now far behind the key's seqs
+        seqs.append(store.put_seq("t", "k", 3, label="client:alice"))
+        store.delete("t", "k", label="client:alice")
+        raw = store.raw_facets("t", "k")
+        assert len(raw) == 1 and raw[0][3]  # one facet: the tombstone
+        assert all(s is not None for s in seqs)
+        assert seqs == sorted(seqs) and len(set(seqs)) == 3  # type: ignore[type-var]
+        assert raw[0][0] > seqs[-1]  # type: ignore[operator]
 
 
 def test_labels_interned_by_another_instance(backend: Backend, lattice: Lattice) -> None:
@@ -180,13 +231,15 @@ def test_sqlite_migrates_first_layout(tmp_path: Path, lattice: Lattice) -> None:
 
 
 def test_sqlite_no_python_callback_per_facet(tmp_path: Path, lattice: Lattice) -> None:
-    """The performance property of the label maps: with 16 facets on a key, a put calls
-    Python once (the writer's upward map) and a get or scan not at all."""
+    """The performance property of the label maps: with 16 facets on a key, a put, a get and
+    a scan call no Python function from SQL (the trigger reads the writer's mask from the new
+    row). Past 63 label ids (byte maps), a put asks Python once per facet it visits."""
     store = open_store(f"sqlite:///{tmp_path}/cb.db", lattice)
     labels = ["public"] + [f"client:u{i}" for i in range(15)]
     for lab in labels:
         store.put("t", "k", lab, label=lab)
     assert len(store.raw_facets("t", "k")) == 16
+    store.put("t", "k", "warm", label="client:u3")  # the writer's entry is built now
     cache = store._cache  # type: ignore[attr-defined]
     calls: list[int] = []
     real_above = cache.above
@@ -197,8 +250,116 @@ def test_sqlite_no_python_callback_per_facet(tmp_path: Path, lattice: Lattice) -
 
     cache.above = counting_above
     store.put("t", "k", "again", label="client:u3")
-    assert len(calls) == 1
+    assert calls == []
     assert store.get("t", "k", label="public") == "public"  # the oldest facet: full walk
     assert store.scan("t", label="owner") == [("k", "again")]
-    assert not store._stale  # type: ignore[attr-defined]  # no lattice fallback ran
+    assert store._cache is cache  # type: ignore[attr-defined]  # nothing was reloaded
+
+    for i in range(60):  # past the 63 ids of a mask
+        store.put("other", "k", i, label=f"photographer:p{i}")
     store.close()
+    # A fresh instance has no w_from for the key: its first put walks all 16 facets, asking
+    # Python about each; its next one starts at its own facet, now the newest.
+    store = open_store(f"sqlite:///{tmp_path}/cb.db", lattice)
+    cache = store._cache  # type: ignore[attr-defined]
+    assert cache.n > 63
+    real_above = cache.above
+    cache.above = counting_above
+    store.put("t", "k", "bytes", label="client:u3")
+    assert len(calls) == 16
+    store.put("t", "k", "bytes again", label="client:u3")
+    assert len(calls) == 17
+    assert store.get("t", "k", label="client:u3") == "bytes again"
+    assert store.get("t", "k", label="public") == "public"
+    check_write_rule_invariant(lattice, store.raw_facets("t", "k"))
+    store.close()
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["mask", "byte-map"])
+def test_sqlite_writer_with_stale_snapshot(tmp_path: Path, lattice: Lattice, many: bool) -> None:
+    """A writer whose cached label maps predate a label another instance interned (and wrote
+    above it) must still remove that facet: the trigger hands the unknown id to Python, the
+    statement fails, the store reloads its labels and writes again. Every write method."""
+    url = f"sqlite:///{tmp_path}/stale.db"
+    with open_store(url, lattice) as a, open_store(url, lattice) as b:
+        if many:
+            for i in range(70):
+                a.put("pad", "k", i, label=f"photographer:p{i}")
+        for key in ("put", "delete", "put_seq", "expect"):
+            a.put("t", key, "low", label="public")  # a's writer entry for public is cached
+        writes = {
+            "put": lambda: a.put("t", "put", "again", label="public"),
+            "delete": lambda: a.delete("t", "delete", label="public"),
+            "put_seq": lambda: a.put_seq("t", "put_seq", "again", label="public"),
+            "expect": lambda: a.put("t", "expect", "again", label="public", expect="low"),
+        }
+        for i, (key, write) in enumerate(writes.items()):
+            before = a._cache  # type: ignore[attr-defined]
+            b.put("t", key, "high", label=f"client:new{i}")  # an id a has never seen
+            assert write() is not False  # the conditional put's expectation held
+            assert a._cache is not before  # type: ignore[attr-defined]  # a reloaded
+        for key in ("put", "delete", "put_seq", "expect"):
+            raw = a.raw_facets("t", key)
+            assert [lab for _, lab, _, _ in raw] == ["public"], key
+        assert a.get("t", "put", label="owner") == "again"
+        assert a.get("t", "delete", label="owner") is None
+        assert b.get("t", "put_seq", label="client:new2") == "again"
+
+
+_V1_SCHEMA = [
+    "CREATE TABLE facet_labels (id INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE)",
+    """CREATE TABLE facets (tbl TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL,
+       lid INTEGER NOT NULL, value, PRIMARY KEY (tbl, key, seq)) WITHOUT ROWID""",
+    """CREATE TRIGGER facets_write_rule_v1 BEFORE INSERT ON facets BEGIN
+       DELETE FROM facets WHERE tbl = NEW.tbl AND key = NEW.key
+          AND (lid = NEW.lid OR CASE substr((SELECT trapeze_above(NEW.lid)), lid + 1, 1)
+                 WHEN x'01' THEN 1 WHEN x'00' THEN 0
+                 ELSE trapeze_flows((SELECT label FROM facet_labels WHERE id = NEW.lid),
+                                    (SELECT label FROM facet_labels WHERE id = lid)) END);
+       END""",
+]
+
+
+def test_sqlite_migrates_v1_layout(tmp_path: Path, lattice: Lattice) -> None:
+    """A file of schema version 1 (label ids, no write-rule columns, no version row) is
+    upgraded on open; its facets keep their seqs and the write rule applies to them."""
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for stmt in _V1_SCHEMA[:2]:
+        conn.execute(stmt)
+    conn.executemany("INSERT INTO facet_labels (id, label) VALUES (?, ?)",
+                     [(1, "public"), (2, "client:alice"), (3, "owner")])
+    conn.executemany("INSERT INTO facets (tbl, key, seq, lid, value) VALUES ('t', ?, ?, ?, ?)",
+                     [("k", 10, 1, '"p"'), ("k", 11, 2, '"a"'), ("k", 12, 3, None),
+                      ("k2", 13, 2, "[1]")])
+    conn.execute(_V1_SCHEMA[2])  # after the rows: it needs the store's SQL functions
+    conn.close()
+    with open_store(f"sqlite:///{path}", lattice) as store:
+        assert store.get("t", "k", label="client:alice") == "a"
+        assert store.get("t", "k", label="owner") is None
+        assert store.get("t", "k2", label="top") == [1]
+        assert store.put_seq("t", "k", "p2", label="public") is not None
+        assert [lab for _, lab, _, _ in store.raw_facets("t", "k")] == ["public"]
+        assert store.integrity_check() == ["ok"]
+    conn = sqlite3.connect(path)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    version = conn.execute("SELECT version FROM trapeze_schema WHERE component = 'faceted'")
+    assert version.fetchone()[0] == FACETED_SCHEMA_VERSION
+    conn.close()
+    assert "facets_write_rule_v1" not in names and "facets_write_rule_v2" in names
+
+
+def test_sqlite_refuses_newer_schema(tmp_path: Path, lattice: Lattice) -> None:
+    url = f"sqlite:///{tmp_path}/new.db"
+    with open_store(url, lattice) as store:
+        store.put("t", "k", 1, label="public")
+    conn = sqlite3.connect(tmp_path / "new.db", isolation_level=None)
+    conn.execute("UPDATE trapeze_schema SET version = 99 WHERE component = 'faceted'")
+    conn.close()
+    with pytest.raises(StoreSchemaError) as err:
+        open_store(url, lattice)
+    assert "version 99" in str(err.value) and f"version {FACETED_SCHEMA_VERSION}" in str(err.value)
+    assert "new.db" in str(err.value)
+    conn = sqlite3.connect(tmp_path / "new.db")
+    assert conn.execute("SELECT count(*) FROM facets").fetchone()[0] == 1
+    conn.close()

@@ -10,10 +10,16 @@ import abc
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, final
 
+from trapeze.errors import ConfigError
 from trapeze.store.values import Value
 
 if TYPE_CHECKING:
     from trapeze.store.system import SystemTables
+
+
+class StoreSchemaError(ConfigError):
+    """The store (SQLite file or PostgreSQL schema) holds a schema version this version of
+    Trapeze cannot use."""
 
 
 @final

@@ -59,7 +59,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from trapeze.errors import ConfigError, InvalidArgument
 from trapeze.labels import LabelError, Lattice
-from trapeze.store.base import MISSING, FacetedStore, PlainStore
+from trapeze.store.base import MISSING, FacetedStore, PlainStore, StoreSchemaError
 from trapeze.store.sqlite import (
     StoreClosedError,
     _check_bound,
@@ -95,10 +95,6 @@ class StoreUnavailableError(ConfigError):
 
 class StoreAuthError(ConfigError):
     """The PostgreSQL server refused the user, the password or the database named."""
-
-
-class StoreSchemaError(ConfigError):
-    """The database holds a store schema this version of Trapeze cannot use."""
 
 
 @dataclass(frozen=True)

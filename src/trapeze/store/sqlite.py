@@ -1,35 +1,37 @@
 """SQLite backends: the faceted store and the plain (IFC-off) baseline.
 
-Layout. All facets live in one WITHOUT ROWID table ``facets(tbl, key, seq, lid, value)``
+Layout. All facets live in one WITHOUT ROWID table ``facets(tbl, key, seq, lid, value, ...)``
 clustered on ``(tbl, key, seq)``, so the facets of a key are adjacent and a newest-first walk
 is a reverse range scan that stops at the first visible facet. Labels are interned in
-``facet_labels(id, label)`` (rows never updated or deleted) and facets store the id.
+``facet_labels(id, label)`` (rows never updated or deleted) and facets store the id. The
+schema version is recorded in ``trapeze_schema`` (see ``_ensure_schema``).
 
 Visibility without Python callbacks. Per reader label the store builds, once per snapshot of
-``facet_labels``, a byte map (byte i = 1 iff stored label i ⊑ reader) and binds it to the
-query: the per-row test is ``substr(map, lid + 1, 1) = x'01'``, evaluated in C. The set of
-distinct labels in a store is small next to its facets, so the maps are short. A label
-interned by another process after the snapshot (id ≥ the map's length) is decided by the
-lattice through the SQL function ``trapeze_flows`` instead, which also marks the snapshot
-stale so that the next call reloads it: answers never depend on how fresh the snapshot is.
+``facet_labels``, a bit mask (or, past 63 label ids, a byte map) of the stored labels that flow
+to the reader and binds it to the query: the per-row test is ``(mask >> lid) & 1``, evaluated
+in C. Ids the snapshot does not know (labels another process interned since) pass the test,
+and the query returns the lid with the row: the store then reloads the snapshot and asks
+again, so answers never depend on how fresh the snapshot is.
 
 seq is a hybrid timestamp: ``max(time.time_ns() of the writer, max seq of the key + 1)``,
-computed inside the INSERT, i.e. under SQLite's write lock. The semantics only compare seqs
-of facets of the same key (the write rule, the newest visible facet), and there seq is
-strictly increasing, guaranteed whatever the clock does. Across keys seqs follow the wall
-clock but are not guaranteed increasing or distinct (concurrent writers on different keys in
-the same microseconds, clock steps). This replaced a store-wide counter row, which cost a
-second dirty page per commit.
+decided under SQLite's write lock. The semantics only compare seqs of facets of the same key
+(the write rule, the newest visible facet), and there seq is strictly increasing, guaranteed
+whatever the clock does. Across keys seqs follow the wall clock but are not guaranteed
+increasing or distinct (concurrent writers on different keys in the same microseconds, clock
+steps). This replaced a store-wide counter row, which cost a second dirty page per commit.
 
-The write rule (DESIGN §5) is one ``INSERT`` statement: the new facet's seq is computed in
-its VALUES (before anything is deleted, so it exceeds every seq the key has had), and a
-``BEFORE INSERT`` trigger deletes the key's facets whose label the writer's label flows to,
-using the writer's upward byte map from ``trapeze_above(lid)`` (one Python call per write,
-not per facet). One statement in autocommit mode takes SQLite's write lock before it reads
-anything, so the rule is atomic across threads and processes without an explicit
-transaction, and costs the same number of round trips from Python as the plain store's
-upsert. Writes need both SQL functions, so other tools (the ``sqlite3`` shell) can read the
-file but cannot write facets.
+The write rule (DESIGN §5) is one ``INSERT`` statement of the new facet, with seq = the
+writer's clock, and a ``BEFORE INSERT`` trigger that deletes the key's facets whose label the
+writer's label flows to, in one pass, testing each with the writer's upward bit mask, which
+the INSERT carries in the new row. The same walk fails the statement if a facet's seq is not
+below the new one (then the store writes again with seq computed from the key's max), and
+hands label ids the writer's mask does not cover to Python. The walk starts at the seq of the
+store's own last write at that label to that key, when it remembers one: every facet the rule
+can remove is newer than that write. See ``_FACETED_TRIGGER`` for why each piece is there. One
+statement in autocommit mode takes SQLite's write lock before it reads anything, so the rule
+is atomic across threads and processes without an explicit transaction, and costs the same
+number of round trips from Python as the plain store's upsert. The trigger needs the store's
+SQL functions, so other tools (the ``sqlite3`` shell) can read the file but cannot write facets.
 
 Concurrency. One connection per thread (sqlite3 connections must not be shared), WAL so that
 readers never block the writer, a busy timeout so writers queue instead of failing, and
@@ -49,11 +51,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from urllib.parse import parse_qsl, unquote
 
 from trapeze.errors import ConfigError, InvalidArgument, TrapezeError
 from trapeze.labels import LabelError, Lattice
-from trapeze.store.base import MISSING, FacetedStore, PlainStore
+from trapeze.store.base import MISSING, FacetedStore, PlainStore, StoreSchemaError
 from trapeze.store.system import SystemTables
 from trapeze.store.values import (
     Value,
@@ -80,11 +83,14 @@ class SqliteConfig:
     path: str
     synchronous: str = "NORMAL"
     busy_timeout_ms: int = 10_000
+    # SQLite's page cache per connection, in MiB; None keeps SQLite's default (2 MB).
+    cache_mb: int | None = None
 
 
 def parse_sqlite_url(url: str) -> SqliteConfig:
     """``sqlite:///abs/path.db`` or ``sqlite://rel/path.db``, with optional query
-    ``?synchronous=normal|full|extra|off`` and ``?busy_timeout=MILLISECONDS``."""
+    ``?synchronous=normal|full|extra|off``, ``?busy_timeout=MILLISECONDS`` and
+    ``?cache_mb=MIB`` (SQLite's page cache per connection)."""
     if not url.startswith("sqlite://"):
         raise ConfigError(f"not a sqlite URL: {url!r} (write sqlite:///path/to/app.db)")
     rest = url[len("sqlite://") :]
@@ -100,6 +106,7 @@ def parse_sqlite_url(url: str) -> SqliteConfig:
         )
     sync = "NORMAL"
     busy = 10_000
+    cache_mb: int | None = None
     for name, val in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if name == "synchronous":
             if val.lower() not in _SYNC_MODES:
@@ -111,11 +118,16 @@ def parse_sqlite_url(url: str) -> SqliteConfig:
             if not val.isdigit():
                 raise ConfigError(f"store URL: busy_timeout={val!r}; use milliseconds")
             busy = int(val)
+        elif name == "cache_mb":
+            if not val.isdigit() or int(val) == 0:
+                raise ConfigError(f"store URL: cache_mb={val!r}; use a number of MiB, like 64")
+            cache_mb = int(val)
         else:
             raise ConfigError(
-                f"store URL: unknown option {name!r}; known: synchronous, busy_timeout"
+                f"store URL: unknown option {name!r}; known: synchronous, busy_timeout, "
+                "cache_mb"
             )
-    return SqliteConfig(path=path, synchronous=sync, busy_timeout_ms=busy)
+    return SqliteConfig(path=path, synchronous=sync, busy_timeout_ms=busy, cache_mb=cache_mb)
 
 
 class _Connections:
@@ -159,6 +171,8 @@ class _Connections:
             conn.close()
             raise ConfigError(f"could not put {cfg.path} in WAL mode (got {mode!r})")
         conn.execute(f"PRAGMA synchronous = {cfg.synchronous}")
+        if cfg.cache_mb is not None:
+            conn.execute(f"PRAGMA cache_size = {-1024 * int(cfg.cache_mb)}")  # < 0: KiB
         self._setup(conn)
         with self._lock:
             if self.closed:
@@ -243,10 +257,29 @@ def _scan_sql(select: str, where_extra: str, prefix: str, start_after: str | Non
 
 # ---------------------------------------------------------------------------------- faceted
 
+# Version of the faceted tables in a SQLite file, recorded in trapeze_schema (the same table
+# and component name as the PostgreSQL backend). 1 was the label-id layout without the
+# write-rule columns; files without a trapeze_schema row are recognised by their columns.
+FACETED_SCHEMA_VERSION = 2
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS trapeze_schema (
+    component TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL
+)
+"""
+
 # Labels are interned: facets store a small integer ``lid`` instead of the label text, so that
 # visibility can be decided inside SQLite without calling back into Python per row (see
 # ``_LabelCache``). Rows of facet_labels are never updated or deleted, so an id, once read,
 # names the same label forever, in every process.
+#
+# w_up, w_n and w_from are inputs of the write rule's trigger, written by the INSERT that
+# adds the facet (a BEFORE trigger sees only the new row's columns; bound parameters cannot
+# reach it): w_up is the writer's upward bit mask (bit i set iff the writer's label flows to
+# label i) over the label ids 0 .. w_n - 1 that its snapshot knew, and w_from a seq from which
+# on the trigger must look (see _FACETED_TRIGGER). They mean nothing once the row is in; the
+# defaults make the trigger look at every facet of the key and ask the lattice about each.
 _FACETED_TABLES = """
 CREATE TABLE IF NOT EXISTS facet_labels (
     id    INTEGER PRIMARY KEY,
@@ -258,79 +291,115 @@ CREATE TABLE IF NOT EXISTS facets (
     seq   INTEGER NOT NULL,
     lid   INTEGER NOT NULL,     -- facet_labels.id
     value,                      -- JSON text, BLOB for bytes, NULL for a tombstone
+    w_up   INTEGER NOT NULL DEFAULT 0,
+    w_n    INTEGER NOT NULL DEFAULT 0,
+    w_from INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, key, seq)
 ) WITHOUT ROWID;
 """
-# The write rule's removal half (_F_PUT fires it): the key's facets at the writer's label or
-# above. Deleting the writer's own facet and inserting anew (rather than updating it in place
-# under a (tbl, key, lid) key) keeps the table in seq order, which is what lets get stop at
-# the first visible facet; measured, the move costs puts less than an unordered layout costs
-# gets (docs/store.md, Performance). trapeze_above(lid) is the writer's upward map (byte
-# i = 01 iff the writer's label flows to label i), wrapped in a scalar subquery so that SQLite
-# calls it once per write, not once per facet. Labels beyond the map (interned by another
-# process since; substr yields x'') go to the lattice.
+# The write rule's removal half (_F_PUT fires it): the key's facets whose label the writer's
+# label flows to, its own included. Deleting the writer's own facet and inserting anew (rather
+# than updating it in place under a (tbl, key, lid) key) keeps the table in seq order, which
+# is what lets get stop at the first visible facet.
+#
+# The DELETE's condition is built so that SQLite deletes in one pass: a subquery anywhere in
+# it (as in version 1, which fetched the writer's map with (SELECT trapeze_above(...))) makes
+# SQLite first collect the keys in a temporary b-tree and then delete, which cost more than
+# the whole plain upsert. So the map comes from the new row (NEW.w_up), and a facet whose
+# label id the writer's snapshot did not cover (lid >= w_n: interned by another process
+# since) is decided by trapeze_write_rule(writer id, facet id) in Python, which raises if its
+# own snapshot does not know the id either: the statement then fails, and the store reloads
+# the labels and writes again. Stores with more label ids than fit a mask write w_up = w_n = 0
+# and so ask Python about every facet the walk visits.
+#
+# The walk starts at seq w_from: the seq of an earlier write by the same label to the same
+# key, which the store remembers (1, the whole key, when it does not). That is safe by the
+# write rule itself: that write removed every facet at or above the writer's label, and seqs
+# rise per key, so any such facet there now came later and has a larger seq. With the
+# writer's own facet the newest (a label rewriting its key) the walk is one row, not all F.
+#
+# The same walk checks the new facet's seq. _F_PUT takes the writer's clock as seq instead of
+# looking up the key's max(seq) first (a second b-tree descent, a tenth of a put); if a facet
+# of the key, removed or kept, has a seq at least as large (the clock stood still or stepped
+# back, or another process took its time first and committed first), trapeze_seq_taken()
+# fails the statement and the store writes again with _F_PUT_AFTER, which computes max(clock,
+# max seq + 1). Every write's seq thus exceeds every seq its key has ever had. (Such a facet
+# is at or after w_from: the facet of the remembered write, or one newer that replaced it.)
+# Rows inserted with w_from = 0 (the default: inserts by other tools, which choose their own
+# seqs) skip the check; the store always writes w_from >= 1.
 _FACETED_TRIGGER = """
-CREATE TRIGGER IF NOT EXISTS facets_write_rule_v1 BEFORE INSERT ON facets
+CREATE TRIGGER IF NOT EXISTS facets_write_rule_v2 BEFORE INSERT ON facets
 BEGIN
     DELETE FROM facets
-     WHERE tbl = NEW.tbl AND key = NEW.key
-       AND (lid = NEW.lid
-            OR CASE substr((SELECT trapeze_above(NEW.lid)), lid + 1, 1)
-                   WHEN x'01' THEN 1
-                   WHEN x'00' THEN 0
-                   ELSE trapeze_flows((SELECT label FROM facet_labels WHERE id = NEW.lid),
-                                      (SELECT label FROM facet_labels WHERE id = lid))
-               END);
+     WHERE tbl = NEW.tbl AND key = NEW.key AND seq >= NEW.w_from
+       AND ((seq >= NEW.seq AND NEW.w_from > 0 AND trapeze_seq_taken())
+            OR (NEW.w_up >> lid) & 1
+            OR (lid >= NEW.w_n AND trapeze_write_rule(NEW.lid, lid)));
 END;
 """
 _FACETED_SCHEMA = _FACETED_TABLES + _FACETED_TRIGGER
 
-# Visibility of the facet in column `lid` to the reader. ?3 is the reader's map of stored
-# labels: an integer bit mask while there are at most _MASK_BITS label ids (plain arithmetic,
-# the cheapest per-row test), else a byte string (byte i = 01 iff label i flows to the
-# reader); ?4 is the number of ids it covers. A label interned after the map was built (id
-# >= ?4, by another process) falls back to the lattice (?5 = reader).
-def _visible(lid: str, mask: bool) -> str:
-    test = f"(?3 >> {lid}) & 1" if mask else f"substr(?3, {lid} + 1, 1) = x'01'"
-    return (
-        f"({test} OR ({lid} >= ?4 AND trapeze_flows("
-        f"(SELECT label FROM facet_labels WHERE id = {lid}), ?5)))"
-    )
+
+# Visibility of the facet in column `col` to the reader whose map is bound at `param`: an
+# integer bit mask while there are at most _MASK_BITS label ids (bit i set iff label i flows
+# to the reader; bits from the snapshot's size up are set too), else a byte string (byte i =
+# 01 iff label i flows to the reader; ids past its end read as x'', also "set"). Either way a
+# facet whose label the snapshot does not know passes, and the query returns its lid: the
+# store then reloads the labels and asks again. So the per-row test is the one
+# shift-and-mask (or substr) whatever happened since the snapshot, and only the rows visited
+# pay for it.
+def _vis(param: str, mask: bool, col: str = "lid") -> str:
+    if mask:
+        return f"({param} >> {col}) & 1"
+    return f"substr({param}, {col} + 1, 1) <> x'00'"
 
 
 # Each reader statement in both forms, indexed by "the map is a mask".
 _MASKED = (False, True)
-# Newest first along the primary key; stops at the first visible facet.
+# Newest first along the primary key; stops at the first visible (or undecided) facet.
 _F_GET = {
-    m: "SELECT value FROM facets WHERE tbl = ?1 AND key = ?2 AND "
-    + _visible("lid", m)
+    m: "SELECT value, lid FROM facets WHERE tbl = ?1 AND key = ?2 AND "
+    + _vis("?3", m)
     + " ORDER BY seq DESC LIMIT 1"
     for m in _MASKED
 }
 _F_FACETS = {
-    m: "SELECT f.value, l.label FROM facets AS f JOIN facet_labels AS l ON l.id = f.lid "
+    m: "SELECT f.value, l.label, f.lid FROM facets AS f JOIN facet_labels AS l ON l.id = f.lid "
     "WHERE f.tbl = ?1 AND f.key = ?2 AND f.value IS NOT NULL AND "
-    + _visible("f.lid", m)
+    + _vis("?3", m, "f.lid")
     + " ORDER BY f.seq DESC"
     for m in _MASKED
 }
-# The write rule is this one statement (see the module docstring). seq is computed in VALUES,
-# before the BEFORE INSERT trigger deletes anything, so it exceeds every seq the key has ever
-# had (and no two facets of a key can share one); ?4 is the writer's time.time_ns().
+# The write rule is this one statement (see the module docstring): ?4 is the writer's
+# time.time_ns(), the new facet's seq unless the trigger finds it taken (see above); ?6..?8
+# the trigger's w_up, w_n and w_from.
 _F_PUT = (
-    "INSERT INTO facets (tbl, key, lid, seq, value) VALUES (?1, ?2, ?3, "
-    "max(?4, coalesce((SELECT max(seq) FROM facets WHERE tbl = ?1 AND key = ?2), 0) + 1), ?5)"
+    "INSERT INTO facets (tbl, key, lid, seq, value, w_up, w_n, w_from) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
 )
-_F_PUT_SEQ = _F_PUT + " RETURNING seq"
+# The fallback: seq is computed in VALUES, before the BEFORE INSERT trigger deletes
+# anything, so it exceeds every seq the key has ever had.
+_F_PUT_AFTER = (
+    "INSERT INTO facets (tbl, key, lid, seq, value, w_up, w_n, w_from) VALUES (?1, ?2, ?3, "
+    "max(?4, coalesce((SELECT max(seq) FROM facets WHERE tbl = ?1 AND key = ?2), 0) + 1), "
+    "?5, ?6, ?7, ?8)"
+)
+# The write statements, indexed by [returns the seq][computes seq after the key's max].
+_F_PUTS = (
+    (_F_PUT, _F_PUT_AFTER),
+    (_F_PUT + " RETURNING seq", _F_PUT_AFTER + " RETURNING seq"),
+)
 # Bare columns of a max() aggregate come from the row holding the max (documented SQLite
 # behaviour), so this yields each key's newest visible facet; GROUP BY follows the primary
 # key, so rows stream in key order and LIMIT stops the walk early. Keys whose get would be
-# None are skipped: tombstones (NULL) and the JSON null (text 'null'; a BLOB never equals it).
+# None are skipped: tombstones (NULL) and the JSON null (text 'null'; a BLOB never equals it),
+# unless the facet is undecided (?3 = the snapshot's size), which makes the store ask again.
 # ({where} is filled in per call with the key range.)
 _F_SCAN = {
-    m: "SELECT key, value, max(seq) FROM facets WHERE {where} AND "
-    + _visible("lid", m)
-    + " GROUP BY key HAVING value IS NOT NULL AND value IS NOT 'null' ORDER BY key LIMIT ?6"
+    m: "SELECT key, value, max(seq), lid FROM facets WHERE {where} AND "
+    + _vis("?2", m)
+    + " GROUP BY key HAVING (value IS NOT NULL AND value IS NOT 'null') OR lid >= ?3"
+    " ORDER BY key LIMIT ?4"
     for m in _MASKED
 }
 _F_RAW = (
@@ -338,28 +407,40 @@ _F_RAW = (
     "WHERE f.tbl = ?1 AND f.key = ?2 ORDER BY f.seq DESC"
 )
 _F_TABLES = {
-    m: "SELECT DISTINCT tbl FROM facets WHERE " + _visible("lid", m) + " ORDER BY tbl"
+    m: "SELECT tbl, max(lid) FROM facets WHERE " + _vis("?1", m) + " GROUP BY tbl ORDER BY tbl"
     for m in _MASKED
 }
 _F_LABELS = "SELECT id, label FROM facet_labels"
+# The lid column of _F_TABLES, _F_FACETS and _F_SCAN rows (C-level, for the undecided check).
+_COL1, _COL2, _COL3 = itemgetter(1), itemgetter(2), itemgetter(3)
 _F_INTERN = "INSERT OR IGNORE INTO facet_labels (label) VALUES (?1)"
 
 # Readers and writers whose maps are cached per snapshot of facet_labels; beyond this the
-# cache is emptied rather than grown (a map is one byte per stored label).
+# cache is emptied rather than grown (a byte map is one byte per stored label).
 _MAX_CACHED_LABELS = 4096
 # Label ids 0..62 fit an SQLite integer (signed 64-bit) as a bit mask.
 _MASK_BITS = 63
+# Seqs of the store's own last writes remembered per (table, key, label id), for w_from; the
+# dict is emptied rather than grown beyond this (a forgotten key only costs a longer walk).
+_MAX_WRITE_HINTS = 16384
+
+# What a reader entry holds, per label and snapshot: the get statement, the visibility map
+# bound to it, and the snapshot's size (a returned lid at or above it is undecided). A tuple,
+# because get indexes it on every call.
+_Reader = tuple[str, "int | bytes", int]
+# A writer entry: label id, and the trigger's w_up and w_n (see _FACETED_TABLES).
+_Writer = tuple[int, int, int]
 
 
 class _LabelCache:
-    """A snapshot of facet_labels and, per caller label, the byte maps derived from it.
+    """A snapshot of facet_labels and, per caller label, the maps derived from it.
 
-    ``reader(l)`` is the visibility map of ``l``: byte i is 1 iff stored label i ⊑ ``l``;
-    ``above(i)`` is the upward map of stored label i: byte j is 1 iff label i ⊑ label j. Ids
-    are assigned as max(id) + 1 under SQLite's write lock and never reused, and the snapshot
-    is a whole committed table, so every id below ``n`` is in it; ids ≥ ``n`` (labels another
-    process interned since) are decided by the lattice in SQL instead, which also marks the
-    snapshot stale so that the next call reloads it.
+    ``reader(l)`` is the visibility map of ``l`` (see ``_vis``); ``writer(l)`` the write
+    rule's inputs for a writer at ``l``; ``above(i)`` the upward byte map of stored label i
+    (byte j is 1 iff label i ⊑ label j). Ids are assigned as max(id) + 1 under SQLite's write
+    lock and never reused, and the snapshot is a whole committed table, so every id below
+    ``n`` is in it; a facet with an id ≥ ``n`` (a label another process interned since) is
+    undecided here, and makes the store reload the snapshot.
     """
 
     def __init__(self, rows: list[tuple[int, str]], flows: Callable[[str, str], bool]):
@@ -370,35 +451,51 @@ class _LabelCache:
         self.names = names
         self.ids = {lab: i for i, lab in rows}
         self._flows = flows
-        self.readers: dict[str, int | bytes] = {}
+        self.readers: dict[str, _Reader] = {}
+        self.writers: dict[str, _Writer] = {}
         self.uppers: dict[int, bytes] = {}
 
-    def reader(self, label: str) -> int | bytes:
-        vis = self.readers.get(label)
-        if vis is None:
-            if len(self.readers) >= _MAX_CACHED_LABELS:
-                self.readers.clear()
-            flows = self._flows
-            bits = [name is not None and flows(name, label) for name in self.names]
-            if self.n <= _MASK_BITS:
-                vis = sum(1 << i for i, bit in enumerate(bits) if bit)
-            else:
-                vis = bytes(bits)
-            self.readers[label] = vis
-        return vis
+    def reader(self, label: str) -> _Reader:
+        if len(self.readers) >= _MAX_CACHED_LABELS:
+            self.readers.clear()
+        flows = self._flows
+        bits = [name is not None and flows(name, label) for name in self.names]
+        vis: int | bytes
+        if self.n <= _MASK_BITS:
+            # Bits n.. set: facets with ids the snapshot does not know come back undecided.
+            vis = sum(1 << i for i, bit in enumerate(bits) if bit) | (-1 << self.n)
+        else:
+            vis = bytes(bits)
+        entry = (_F_GET[self.n <= _MASK_BITS], vis, self.n)
+        self.readers[label] = entry
+        return entry
+
+    def writer(self, label: str, lid: int) -> _Writer:
+        if len(self.writers) >= _MAX_CACHED_LABELS:
+            self.writers.clear()
+        entry: _Writer = (lid, 0, 0)  # too many ids for a mask: the trigger asks Python
+        if self.n <= _MASK_BITS:
+            up = self.above(lid)
+            entry = (lid, sum(1 << i for i, bit in enumerate(up) if bit), self.n)
+        self.writers[label] = entry
+        return entry
 
     def above(self, lid: int) -> bytes:
         up = self.uppers.get(lid)
         if up is None:
             label = self.names[lid] if 0 <= lid < self.n else None
             if label is None:
-                return b""  # unknown here: the SQL falls back to the lattice for every facet
+                return b""  # unknown here: every facet is undecided
             if len(self.uppers) >= _MAX_CACHED_LABELS:
                 self.uppers.clear()
             flows = self._flows
             up = bytes(name is not None and flows(label, name) for name in self.names)
             self.uppers[lid] = up
         return up
+
+
+class _Retry(Exception):
+    """Raised inside SQLite by the write rule's trigger to make the store write again."""
 
 
 class SqliteFacetedStore(FacetedStore):
@@ -416,33 +513,54 @@ class SqliteFacetedStore(FacetedStore):
                 # choice that can neither leak it nor destroy it.
                 return False
 
+        def write_rule_sql(writer: int, lid: int) -> bool:
+            # Does a write by label id `writer` remove the facet at `lid`? Reached only for
+            # ids past the writer's map (or for every facet when the store has too many ids
+            # for masks). The latest snapshot may already know the id (another thread
+            # reloaded); if not, fail the statement so that the store reloads and retries.
+            up = self._cache.above(writer)
+            if lid < len(up):
+                return bool(up[lid])
+            self._why.retry = "labels"
+            raise _Retry(lid)
+
+        def seq_taken_sql() -> bool:
+            self._why.retry = "seq"
+            raise _Retry("seq")
+
         def flows_sql(a: str | None, b: str | None) -> bool:
-            # Only reached for labels interned after our snapshot: reload it on the next call.
-            self._stale = True
+            # Only for the write-rule trigger of schema version 1, which an older Trapeze
+            # re-creates when it opens the file (see _ensure_schema); it decides correctly.
             return a is not None and b is not None and flows(a, b)
 
         def above_sql(lid: int) -> bytes:
-            return self._cache.above(lid)
+            return self._cache.above(lid)  # likewise for the version 1 trigger
 
         def setup(conn: sqlite3.Connection) -> None:
+            conn.create_function("trapeze_write_rule", 2, write_rule_sql)
+            conn.create_function("trapeze_seq_taken", 0, seq_taken_sql)
             conn.create_function("trapeze_flows", 2, flows_sql, deterministic=True)
-            # Not deterministic: the map grows when the snapshot is reloaded.
             conn.create_function("trapeze_above", 1, above_sql)
 
         self._flows = flows
-        self._stale = False
+        # Seqs of our own committed writes, per (table, key, label id): the trigger's w_from.
+        self._hints: dict[tuple[str, str, int], int] = {}
+        # Why the trigger failed this thread's last write (.retry): "labels"
+        # (trapeze_write_rule met a label id no snapshot knew: reload, write again) or "seq"
+        # (trapeze_seq_taken: write again with _F_PUT_AFTER). Per thread: the SQL functions run
+        # on the thread that executes the statement, and a reason read by another thread's
+        # failed write would leave this one without its own.
+        self._why = threading.local()
         self._conns = _Connections(config, setup)
         conn = self._conns.get()
         _begin_immediate(conn)
         try:
-            _migrate_v0(conn)
-            for stmt in _split_script(_FACETED_SCHEMA):
-                conn.execute(stmt)
+            _ensure_schema(conn, config.path)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self._cache = self._load_labels()
+        self._load_labels()
         self.system = SystemTables(self._conns.get, lattice)
 
     def __repr__(self) -> str:
@@ -450,52 +568,113 @@ class SqliteFacetedStore(FacetedStore):
 
     # -- label maps
     def _load_labels(self) -> _LabelCache:
-        self._stale = False
         rows = self._conns.get().execute(_F_LABELS).fetchall()
         cache = _LabelCache(rows, self._flows)
+        # Readers index these dicts directly (one attribute lookup on the hot path); they are
+        # replaced together with the snapshot, and every entry carries its own snapshot size.
         self._cache = cache
+        self._readers = cache.readers
+        self._writers = cache.writers
         return cache
 
-    def _labels(self) -> _LabelCache:
-        return self._load_labels() if self._stale else self._cache
+    def _reload_for(self, lid: int) -> None:
+        """Reload the labels because a facet had id ``lid``, unknown to our snapshot."""
+        if lid >= self._load_labels().n:
+            raise TrapezeError(
+                f"store file {self.config.path} is inconsistent: a facet has label id {lid}, "
+                "which is not in facet_labels (check the file with integrity_check())"
+            )
 
-    def _read_args(self, label: str) -> tuple[int | bytes, int, str]:
-        """Validate a reader label; the ?3, ?4, ?5 of the visibility test."""
-        cache = self._labels()
-        vis = cache.readers.get(label)
-        if vis is None:
-            # Checked once per label per snapshot: a cached label has passed the check.
-            self.lattice.check(label)
-            vis = cache.reader(label)
-        return vis, cache.n, label
+    def _reader(self, label: str) -> _Reader:
+        """A reader label's entry for the current snapshot, validating the label once."""
+        self.lattice.check(label)
+        return self._cache.reader(label)
 
-    def _write_args(self, label: str) -> int:
-        """Validate a writer label, interning it if new; its id."""
-        lid = self._labels().ids.get(label)
+    def _writer(self, label: str) -> _Writer:
+        """A writer label's entry, validating the label and interning it if new."""
+        self.lattice.check(label)
+        lid = self._cache.ids.get(label)
         if lid is None:
-            self.lattice.check(label)
             # Its own autocommit statement, before the write's transaction: the row is
             # metadata only (harmless if the write then fails), and committed before any
             # process can see an id, so ids are never handed out twice.
             self._conns.get().execute(_F_INTERN, (label,))
             lid = self._load_labels().ids[label]
-        return lid
+        return self._cache.writer(label, lid)
+
+    def _write(self, conn: sqlite3.Connection, returning: bool, table: str, key: str,
+               label: str, stored: object, error: Exception | None = None) -> int | None:
+        """Run the write rule's INSERT; ``error`` is how a first attempt failed, if it did.
+        Returns the new seq when ``returning`` (else None).
+
+        Writes again while the trigger asks for it (see _FACETED_TRIGGER): after reloading the
+        labels, or with the seq computed from the key's max(seq)."""
+        after = False
+        while True:
+            if error is not None:
+                reason = getattr(self._why, "retry", None)
+                self._why.retry = None
+                if reason == "seq":
+                    after = True
+                elif reason == "labels":
+                    before = self._cache.n
+                    if self._load_labels().n == before:
+                        raise TrapezeError(
+                            f"store file {self.config.path} is inconsistent: a facet's label "
+                            "id is not in facet_labels (check it with integrity_check())"
+                        ) from error
+                else:
+                    raise error
+            wr = self._writers.get(label) or self._writer(label)
+            hint = (table, key, wr[0])
+            try:
+                cur = conn.execute(
+                    _F_PUTS[returning][after],
+                    (table, key, wr[0], time.time_ns(), stored, wr[1], wr[2],
+                     self._hints.get(hint, 1)),
+                )
+            except sqlite3.OperationalError as exc:
+                error = exc
+                continue
+            if not returning:
+                return None
+            seq = int(cur.fetchall()[0][0])
+            if not conn.in_transaction:  # committed: a valid w_from from now on
+                self._remember(hint, seq)
+            return seq
+
+    def _remember(self, hint: tuple[str, str, int], seq: int) -> None:
+        """Note the seq of a committed write by label id hint[2] to key hint[:2] (w_from)."""
+        hints = self._hints
+        if len(hints) >= _MAX_WRITE_HINTS:
+            hints.clear()
+        hints[hint] = seq
 
     # -- reads
     def get(self, table: str, key: str, *, label: str) -> Value | None:
         check_table(table)
         check_key(key)
-        vis = self._read_args(label)
-        rows = self._conns.get().execute(_F_GET[type(vis[0]) is int], (table, key, *vis)).fetchall()
-        return decode_value(rows[0][0]) if rows else None
+        rd = self._readers.get(label) or self._reader(label)
+        rows = self._conns.get().execute(rd[0], (table, key, rd[1])).fetchall()
+        if not rows:
+            return None
+        value, lid = rows[0]
+        if lid >= rd[2]:
+            self._reload_for(lid)
+            return self.get(table, key, label=label)
+        return decode_value(value)
 
     def facets(self, table: str, key: str, *, label: str) -> list[tuple[Value, str]]:
         check_table(table)
         check_key(key)
-        vis = self._read_args(label)
-        sql = _F_FACETS[type(vis[0]) is int]
-        rows = self._conns.get().execute(sql, (table, key, *vis)).fetchall()
-        return [(decode_value(v), lab) for v, lab in rows]
+        while True:
+            rd = self._readers.get(label) or self._reader(label)
+            sql = _F_FACETS[type(rd[1]) is int]
+            rows = self._conns.get().execute(sql, (table, key, rd[1])).fetchall()
+            undecided = max(map(_COL2, rows), default=-1)
+            if undecided < rd[2]:
+                return [(decode_value(v), lab) for v, lab, _ in rows]
+            self._reload_for(undecided)
 
     def scan(
         self,
@@ -507,34 +686,41 @@ class SqliteFacetedStore(FacetedStore):
         limit: int = 100,
     ) -> list[tuple[str, Value]]:
         check_table(table)
-        vis = self._read_args(label)
+        self._readers.get(label) or self._reader(label)  # validates the label first
         _check_bound("prefix", prefix)
         if start_after is not None:
             _check_bound("start_after", start_after)
         _check_limit(limit)
-        # Numbered parameters: ?1 table, ?3..?5 visibility, ?6 limit, ?7.. the key range.
-        conds = ["tbl = ?1"]
-        params: list[object] = [table, None, *vis, limit]
-        if prefix:
-            params.append(prefix)
-            conds.append(f"key >= ?{len(params)}")
-            upper = _prefix_upper(prefix)
-            if upper is not None:
-                params.append(upper)
-                conds.append(f"key < ?{len(params)}")
-        if start_after is not None:
-            params.append(start_after)
-            conds.append(f"key > ?{len(params)}")
-        sql = _F_SCAN[type(vis[0]) is int].format(where=" AND ".join(conds))
-        rows = self._conns.get().execute(sql, params).fetchall()
-        return [(k, decode_value(v)) for k, v, _ in rows]
+        while True:
+            rd = self._readers.get(label) or self._reader(label)
+            # Numbered parameters: ?1 table, ?2 map, ?3 snapshot size, ?4 limit, ?5.. range.
+            conds = ["tbl = ?1"]
+            params: list[object] = [table, rd[1], rd[2], limit]
+            if prefix:
+                params.append(prefix)
+                conds.append(f"key >= ?{len(params)}")
+                upper = _prefix_upper(prefix)
+                if upper is not None:
+                    params.append(upper)
+                    conds.append(f"key < ?{len(params)}")
+            if start_after is not None:
+                params.append(start_after)
+                conds.append(f"key > ?{len(params)}")
+            sql = _F_SCAN[type(rd[1]) is int].format(where=" AND ".join(conds))
+            rows = self._conns.get().execute(sql, params).fetchall()
+            undecided = max(map(_COL3, rows), default=-1)
+            if undecided < rd[2]:
+                return [(k, decode_value(v)) for k, v, _, _ in rows]
+            self._reload_for(undecided)
 
     def tables(self, *, label: str) -> list[str]:
-        vis = self._read_args(label)
-        # ?1 and ?2 are unused here; numbered parameters keep _visible shared.
-        sql = _F_TABLES[type(vis[0]) is int]
-        rows = self._conns.get().execute(sql, (None, None, *vis)).fetchall()
-        return [r[0] for r in rows]
+        while True:
+            rd = self._readers.get(label) or self._reader(label)
+            rows = self._conns.get().execute(_F_TABLES[type(rd[1]) is int], (rd[1],)).fetchall()
+            undecided = max(map(_COL1, rows), default=-1)
+            if undecided < rd[2]:
+                return [r[0] for r in rows]
+            self._reload_for(undecided)
 
     def raw_facets(self, table: str, key: str) -> list[tuple[int, str, Value, bool]]:
         rows = self._conns.get().execute(_F_RAW, (table, key)).fetchall()
@@ -553,14 +739,29 @@ class SqliteFacetedStore(FacetedStore):
         check_table(table)
         check_key(key)
         stored = encode_value(value)  # before interning: a rejected value writes nothing
-        lid = self._write_args(label)
+        wr = self._writers.get(label) or self._writer(label)
+        conn = self._conns.get()
+        hint = (table, key, wr[0])
+        seq = time.time_ns()
         # One statement in autocommit mode: atomic (it takes the write lock before reading),
         # and as many round trips as the plain store's upsert.
-        self._conns.get().execute(_F_PUT, (table, key, lid, time.time_ns(), stored))
+        try:
+            conn.execute(_F_PUT, (table, key, wr[0], seq, stored, wr[1], wr[2],
+                                  self._hints.get(hint, 1)))
+        except sqlite3.OperationalError as exc:
+            self._write(conn, False, table, key, label, stored, exc)
+            return True
+        hints = self._hints  # committed, with seq = the clock reading: a valid w_from
+        if len(hints) >= _MAX_WRITE_HINTS:
+            hints.clear()
+        hints[hint] = seq
         return True
 
     def delete(self, table: str, key: str, *, label: str) -> None:
-        self.put_seq(table, key, None, label=label, tombstone=True)
+        check_table(table)
+        check_key(key)
+        self._writers.get(label) or self._writer(label)  # validates the label
+        self._write(self._conns.get(), False, table, key, label, None)
 
     def put_seq(
         self,
@@ -582,22 +783,21 @@ class SqliteFacetedStore(FacetedStore):
             if expect is not None:
                 encode_value(expect)
             want = canonical(expect)
-        lid = self._write_args(label)
+        self._writers.get(label) or self._writer(label)  # interns a new label, committed
         conn = self._conns.get()
         if expect is MISSING:
-            return int(conn.execute(_F_PUT_SEQ, (table, key, lid, time.time_ns(), stored))
-                       .fetchall()[0][0])
+            return self._write(conn, True, table, key, label, stored)
         _begin_immediate(conn)
         try:
-            vis = self._read_args(label)
-            rows = conn.execute(_F_GET[type(vis[0]) is int], (table, key, *vis)).fetchall()
-            current = decode_value(rows[0][0]) if rows else None
+            # Inside the transaction: get's reload (if any) reads the latest facet_labels.
+            current = self.get(table, key, label=label)
             if canonical(current) != want:
                 conn.execute("ROLLBACK")
                 return None
-            seq = int(conn.execute(_F_PUT_SEQ, (table, key, lid, time.time_ns(), stored))
-                      .fetchall()[0][0])
+            seq = self._write(conn, True, table, key, label, stored)
+            assert seq is not None
             conn.execute("COMMIT")
+            self._remember((table, key, self._cache.ids[label]), seq)
             return seq
         except BaseException:
             if conn.in_transaction:
@@ -608,15 +808,51 @@ class SqliteFacetedStore(FacetedStore):
         self._conns.close()
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()]
+
+
+def _ensure_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Create or upgrade the faceted tables to FACETED_SCHEMA_VERSION.
+
+    Runs inside the caller's BEGIN IMMEDIATE, so concurrent openers migrate exactly once. A
+    file whose version is newer than ours is refused and left unchanged.
+    """
+    conn.execute(_VERSION_TABLE)
+    row = conn.execute(
+        "SELECT version FROM trapeze_schema WHERE component = 'faceted'"
+    ).fetchone()
+    have = None if row is None else int(row[0])
+    if have is not None and have > FACETED_SCHEMA_VERSION:
+        raise StoreSchemaError(
+            f"the store file {path} holds faceted tables of schema version {have}, newer "
+            f"than this Trapeze supports (version {FACETED_SCHEMA_VERSION}): upgrade Trapeze, "
+            "or point the store URL at another file"
+        )
+    _migrate_v0(conn)
+    _migrate_v1(conn)
+    for stmt in _split_script(_FACETED_SCHEMA):
+        conn.execute(stmt)
+    # Version 1's trigger, which an older Trapeze re-creates whenever it opens the file. Left
+    # in place it would be correct but slow (both triggers run; it needs the trapeze_above
+    # and trapeze_flows functions, which we still register for that reason), while the older
+    # Trapeze's own writes fail: it lacks trapeze_write_rule.
+    conn.execute("DROP TRIGGER IF EXISTS facets_write_rule_v1")
+    if have != FACETED_SCHEMA_VERSION:
+        conn.execute(
+            "INSERT INTO trapeze_schema (component, version) VALUES ('faceted', ?1) "
+            "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+            (FACETED_SCHEMA_VERSION,),
+        )
+
+
 def _migrate_v0(conn: sqlite3.Connection) -> None:
     """Convert a file of the first layout (label text in facets, counter row facet_seq).
 
-    Runs inside the caller's BEGIN IMMEDIATE, so concurrent openers migrate exactly once.
     Old seqs (counter values) are kept: they are far below any time-based seq, so each key's
     existing order holds and later writes sort after them.
     """
-    cols = [r[1] for r in conn.execute("PRAGMA table_info(facets)").fetchall()]
-    if "label" not in cols:
+    if "label" not in _columns(conn, "facets"):
         return
     conn.execute("DROP TRIGGER IF EXISTS facets_write_rule")
     conn.execute("ALTER TABLE facets RENAME TO facets_v0")
@@ -633,6 +869,15 @@ def _migrate_v0(conn: sqlite3.Connection) -> None:
     )
     conn.execute("DROP TABLE facets_v0")
     conn.execute("DROP TABLE IF EXISTS facet_seq")
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Add the write-rule columns to a version 1 facets table (no rows are rewritten: old
+    rows take the defaults, which only the trigger reads, and only for the inserted row)."""
+    cols = _columns(conn, "facets")
+    if cols and "w_up" not in cols:
+        for col in ("w_up", "w_n", "w_from"):
+            conn.execute(f"ALTER TABLE facets ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
 
 
 # ------------------------------------------------------------------------------------ plain
