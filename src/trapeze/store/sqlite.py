@@ -57,6 +57,7 @@ from urllib.parse import parse_qsl, unquote
 from trapeze.errors import ConfigError, InvalidArgument, TrapezeError
 from trapeze.labels import LabelError, Lattice
 from trapeze.store.base import MISSING, FacetedStore, PlainStore, StoreSchemaError
+from trapeze.store.sqlite_writer import WriterLock
 from trapeze.store.system import SystemTables
 from trapeze.store.values import (
     Value,
@@ -552,14 +553,16 @@ class SqliteFacetedStore(FacetedStore):
         # failed write would leave this one without its own.
         self._why = threading.local()
         self._conns = _Connections(config, setup)
+        self._wlock = WriterLock(config.path, config.busy_timeout_ms / 1000)
         conn = self._conns.get()
-        _begin_immediate(conn)
-        try:
-            _ensure_schema(conn, config.path)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with self._wlock:
+            _begin_immediate(conn)
+            try:
+                _ensure_schema(conn, config.path)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         self._load_labels()
         self.system = SystemTables(self._conns.get, lattice)
 
@@ -598,7 +601,8 @@ class SqliteFacetedStore(FacetedStore):
             # Its own autocommit statement, before the write's transaction: the row is
             # metadata only (harmless if the write then fails), and committed before any
             # process can see an id, so ids are never handed out twice.
-            self._conns.get().execute(_F_INTERN, (label,))
+            with self._wlock:
+                self._conns.get().execute(_F_INTERN, (label,))
             lid = self._load_labels().ids[label]
         return self._cache.writer(label, lid)
 
@@ -745,12 +749,13 @@ class SqliteFacetedStore(FacetedStore):
         seq = time.time_ns()
         # One statement in autocommit mode: atomic (it takes the write lock before reading),
         # and as many round trips as the plain store's upsert.
-        try:
-            conn.execute(_F_PUT, (table, key, wr[0], seq, stored, wr[1], wr[2],
-                                  self._hints.get(hint, 1)))
-        except sqlite3.OperationalError as exc:
-            self._write(conn, False, table, key, label, stored, exc)
-            return True
+        with self._wlock:
+            try:
+                conn.execute(_F_PUT, (table, key, wr[0], seq, stored, wr[1], wr[2],
+                                      self._hints.get(hint, 1)))
+            except sqlite3.OperationalError as exc:
+                self._write(conn, False, table, key, label, stored, exc)
+                return True
         hints = self._hints  # committed, with seq = the clock reading: a valid w_from
         if len(hints) >= _MAX_WRITE_HINTS:
             hints.clear()
@@ -761,7 +766,8 @@ class SqliteFacetedStore(FacetedStore):
         check_table(table)
         check_key(key)
         self._writers.get(label) or self._writer(label)  # validates the label
-        self._write(self._conns.get(), False, table, key, label, None)
+        with self._wlock:
+            self._write(self._conns.get(), False, table, key, label, None)
 
     def put_seq(
         self,
@@ -785,24 +791,25 @@ class SqliteFacetedStore(FacetedStore):
             want = canonical(expect)
         self._writers.get(label) or self._writer(label)  # interns a new label, committed
         conn = self._conns.get()
-        if expect is MISSING:
-            return self._write(conn, True, table, key, label, stored)
-        _begin_immediate(conn)
-        try:
-            # Inside the transaction: get's reload (if any) reads the latest facet_labels.
-            current = self.get(table, key, label=label)
-            if canonical(current) != want:
-                conn.execute("ROLLBACK")
-                return None
-            seq = self._write(conn, True, table, key, label, stored)
-            assert seq is not None
-            conn.execute("COMMIT")
-            self._remember((table, key, self._cache.ids[label]), seq)
-            return seq
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        with self._wlock:
+            if expect is MISSING:
+                return self._write(conn, True, table, key, label, stored)
+            _begin_immediate(conn)
+            try:
+                # Inside the transaction: get's reload (if any) reads the latest facet_labels.
+                current = self.get(table, key, label=label)
+                if canonical(current) != want:
+                    conn.execute("ROLLBACK")
+                    return None
+                seq = self._write(conn, True, table, key, label, stored)
+                assert seq is not None
+                conn.execute("COMMIT")
+                self._remember((table, key, self._cache.ids[label]), seq)
+                return seq
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self._conns.close()
@@ -908,15 +915,18 @@ class SqlitePlainStore(PlainStore):
     def __init__(self, config: SqliteConfig) -> None:
         self.config = config
         self._conns = _Connections(config, lambda conn: None)
+        # The same per-file writer queue as the faceted store (sqlite_writer.py).
+        self._wlock = WriterLock(config.path, config.busy_timeout_ms / 1000)
         conn = self._conns.get()
-        _begin_immediate(conn)
-        try:
-            for stmt in _split_script(_PLAIN_SCHEMA):
-                conn.execute(stmt)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with self._wlock:
+            _begin_immediate(conn)
+            try:
+                for stmt in _split_script(_PLAIN_SCHEMA):
+                    conn.execute(stmt)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         self.system = SystemTables(self._conns.get, None)
 
     def __repr__(self) -> str:
@@ -941,30 +951,33 @@ class SqlitePlainStore(PlainStore):
         stored = encode_value(value)
         conn = self._conns.get()
         if expect is MISSING:
-            conn.execute(_P_PUT, (table, key, stored))
+            with self._wlock:
+                conn.execute(_P_PUT, (table, key, stored))
             return True
         if expect is not None:
             encode_value(expect)
         want = canonical(expect)
-        _begin_immediate(conn)
-        try:
-            rows = conn.execute(_P_GET, (table, key)).fetchall()
-            current = decode_value(rows[0][0]) if rows else None
-            if canonical(current) != want:
-                conn.execute("ROLLBACK")
-                return False
-            conn.execute(_P_PUT, (table, key, stored))
-            conn.execute("COMMIT")
-            return True
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        with self._wlock:
+            _begin_immediate(conn)
+            try:
+                rows = conn.execute(_P_GET, (table, key)).fetchall()
+                current = decode_value(rows[0][0]) if rows else None
+                if canonical(current) != want:
+                    conn.execute("ROLLBACK")
+                    return False
+                conn.execute(_P_PUT, (table, key, stored))
+                conn.execute("COMMIT")
+                return True
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def delete(self, table: str, key: str, *, label: str = "") -> None:
         check_table(table)
         check_key(key)
-        self._conns.get().execute(_P_DELETE, (table, key))
+        with self._wlock:
+            self._conns.get().execute(_P_DELETE, (table, key))
 
     def scan(
         self,

@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 _locks: dict[str, threading.RLock] = {}
 _registry = threading.Lock()
@@ -36,16 +34,19 @@ class WriterLock:
             self._lock = _locks.setdefault(key, threading.RLock())
         self._timeout_s = timeout_s
 
-    @contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self) -> WriterLock:
+        """`with lock.held():` — the lock is its own context manager (no generator: this
+        is on every write's path)."""
+        return self
+
+    def __enter__(self) -> None:
         if not self._lock.acquire(timeout=self._timeout_s):
             raise sqlite3.OperationalError(
                 f"database is locked (another writer of this process held it for "
                 f"{self._timeout_s:g} s)")
-        try:
-            yield
-        finally:
-            self._lock.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def database_path(conn: sqlite3.Connection) -> str:
