@@ -123,3 +123,19 @@ def test_literal_regular_expressions_are_compiled_ahead(tmp_path: Path) -> None:
     modules.preload_stdlib()  # the invalid "(" is skipped, not raised
     cache = re._cache  # type: ignore[attr-defined]
     assert (str, "(?:zz)+q", int(re.I | re.M)) in cache and (str, "y{2,3}k", 0) in cache
+
+
+def test_precedence_below_the_top_and_data_folders_are_not_indexed(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    _write(app / "ns" / "sub.py", "X = 1\n")          # a module next to ...
+    _write(app / "ns" / "sub" / "x.py", "Y = 2\n")    # ... a folder of the same name
+    _write(app / "ns" / "deep" / "pkg" / "m.py", "Z = 3\n")
+    for i in range(3):
+        _write(app / "data" / f"d{i}" / "values.txt", "not code\n")
+    modules = AppModules.compile(str(app) + "/")
+    # The import system prefers the module sub.py to the namespace folder sub/.
+    assert modules.specs["ns.sub"].origin == str(app / "ns" / "sub.py")
+    assert "ns.sub.x" not in modules.specs
+    assert modules.specs["ns.deep.pkg.m"].origin == str(app / "ns" / "deep" / "pkg" / "m.py")
+    assert not any(name.startswith("data") for name in modules.specs)
+    assert str(app / "data") not in modules.code_dirs

@@ -34,9 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import CodeType, ModuleType
 
-# Source compiled ahead: at most this much of the app's modules, this many files.
+# Source compiled ahead: at most this much of the app's modules, this many files, found
+# among at most this many directory entries (an app folder may hold a large data tree).
 PRECOMPILE_MAX_BYTES = 4 << 20
 PRECOMPILE_MAX_FILES = 2000
+WALK_MAX_ENTRIES = 50_000
 
 # Standard-library modules never preloaded automatically even when app code imports them:
 # importing them acts (prints, opens a browser or a window) or needs a display.
@@ -91,9 +93,13 @@ class AppModules:
     specs: dict[str, importlib.machinery.ModuleSpec] = field(default_factory=dict)
     stdlib: set[str] = field(default_factory=set)
     patterns: set[tuple[str | bytes, int]] = field(default_factory=set)
+    # Folders holding a compiled module, and the folders above them up to app_dir: the only
+    # ones an import of app code can need (a data folder is never listed, however deep).
+    code_dirs: set[str] = field(default_factory=set)
 
     @classmethod
     def compile(cls, app_dir: str) -> AppModules:
+        app_dir = os.path.normpath(app_dir)
         self = cls(app_dir)
         for path, st in _app_sources(app_dir):
             try:
@@ -104,6 +110,11 @@ class AppModules:
             except (OSError, SyntaxError, ValueError):
                 continue  # the child's import reports it, in the invocation's log
             _CODES[path] = (st.st_mtime_ns, st.st_size, code)
+            folder = os.path.dirname(path)
+            while folder not in self.code_dirs and (
+                    folder == app_dir or folder.startswith(app_dir + os.sep)):
+                self.code_dirs.add(folder)
+                folder = os.path.dirname(folder)
             self.stdlib |= _stdlib_imports(tree)
             if len(self.patterns) < MAX_PATTERNS:
                 self.patterns |= _literal_patterns(tree)
@@ -127,7 +138,7 @@ class AppModules:
         for name, entry in sorted(entries.items()):
             if name.startswith(".") or name == "__pycache__" or not name.isidentifier():
                 continue
-            if not entry.is_dir(follow_symlinks=True):
+            if entry.path not in self.code_dirs or not entry.is_dir(follow_symlinks=True):
                 continue
             full = prefix + name
             init = os.path.join(entry.path, "__init__.py")
@@ -135,7 +146,7 @@ class AppModules:
             if inits == ["__init__.py"] and init in _CODES:
                 self.specs[full] = _source_spec(full, init, package_dir=entry.path)
                 self._index(entry.path, full + ".")
-            elif not inits and full + ".py" not in entries and full not in stems:
+            elif not inits and name + ".py" not in entries and name not in stems:
                 if prefix or not _found_outside_app(name):
                     self.specs[full] = _namespace_spec(full, entry.path)
                     self._index(entry.path, full + ".")
@@ -224,8 +235,12 @@ def _app_sources(app_dir: str) -> list[tuple[str, os.stat_result]]:
     monitor's own are, and are covered by now anyway) and bytecode caches are skipped."""
     found: list[tuple[str, os.stat_result]] = []
     budget = PRECOMPILE_MAX_BYTES
+    seen = 0
     for top, dirnames, filenames in os.walk(app_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        seen += len(dirnames) + len(filenames)
+        if seen > WALK_MAX_ENTRIES:
+            return found
         for name in sorted(filenames):
             if not name.endswith(".py"):
                 continue
