@@ -139,3 +139,33 @@ def test_precedence_below_the_top_and_data_folders_are_not_indexed(tmp_path: Pat
     assert modules.specs["ns.deep.pkg.m"].origin == str(app / "ns" / "deep" / "pkg" / "m.py")
     assert not any(name.startswith("data") for name in modules.specs)
     assert str(app / "data") not in modules.code_dirs
+
+
+def test_files_a_child_could_not_read_are_not_compiled_for_it(tmp_path: Path) -> None:
+    # The zygote reads with its own rights and a code object carries the file's text: a
+    # private file or a link out of the app must not reach a child through the zygote.
+    app = tmp_path / "app"
+    outside = tmp_path / "outside.py"
+    _write(outside, "SECRET = 'from outside the app'\n")
+    _write(app / "hidden.py", "SECRET = 's3cr3t'\n")
+    (app / "hidden.py").chmod(0o600)
+    _write(app / "closed" / "inner.py", "SECRET = 'behind a closed folder'\n")
+    (app / "closed").chmod(0o700)
+    (app / "linked.py").symlink_to(outside)
+    _write(app / "public.py", "OK = True\n")
+    _write(app / "handler.py",
+           "import importlib\n\ndef handler(event, context):\n"
+           "    try:\n        return importlib.import_module(event['m']).SECRET\n"
+           "    except Exception as e:\n        return type(e).__name__\n")
+    spec = SandboxSpec(function="priv", app_dir=app, handler="handler:handler", prefork=1)
+    with Sandbox(spec) as sb:
+        for name in ("hidden", "linked", "closed.inner"):
+            out = sb.run({"m": name}, {}, FakeMonitor())
+            assert out.status == "ok", out
+            if os.geteuid() == 0:  # a per-slot uid: the file's permissions stop it
+                assert out.value in ("PermissionError", "ModuleNotFoundError"), (name, out)
+            else:  # the same uid as the owner: Landlock stops the link out of the app
+                assert name != "linked" or out.value != "from outside the app"
+    modules = AppModules.compile(str(app))
+    assert "public" in modules.specs
+    assert not {"hidden", "closed", "closed.inner", "linked"} & set(modules.specs)

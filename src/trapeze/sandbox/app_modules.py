@@ -107,7 +107,7 @@ class AppModules:
                     source = fh.read()
                 tree = ast.parse(source, path)
                 code = compile(tree, path, "exec", dont_inherit=True)
-            except (OSError, SyntaxError, ValueError):
+            except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
                 continue  # the child's import reports it, in the invocation's log
             _CODES[path] = (st.st_mtime_ns, st.st_size, code)
             folder = os.path.dirname(path)
@@ -232,30 +232,54 @@ def _found_outside_app(name: str) -> bool:
 
 def _app_sources(app_dir: str) -> list[tuple[str, os.stat_result]]:
     """The app's .py files in a stable order, within the budget. Hidden folders (the
-    monitor's own are, and are covered by now anyway) and bytecode caches are skipped."""
+    monitor's own are, and are covered by now anyway) and bytecode caches are skipped.
+
+    Only files a child could read itself: the zygote reads them with its own rights (root,
+    or root of its user namespace), and a code object carries the file's text, so a file
+    the child's uid may not read (no read bit for others, or a folder above it without the
+    search bit) or a symbolic link leading out of the app directory is left to the child's
+    own import, which then succeeds or fails as the file's permissions say."""
     found: list[tuple[str, os.stat_result]] = []
     budget = PRECOMPILE_MAX_BYTES
     seen = 0
+    real_app = os.path.realpath(app_dir)
     for top, dirnames, filenames in os.walk(app_dir):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
         seen += len(dirnames) + len(filenames)
         if seen > WALK_MAX_ENTRIES:
             return found
+        if not _searchable_by_others(app_dir, top):
+            continue
         for name in sorted(filenames):
             if not name.endswith(".py"):
                 continue
             path = os.path.join(top, name)
             try:
                 st = os.stat(path)
+                real = os.path.realpath(path)
             except OSError:
                 continue
-            if not stat.S_ISREG(st.st_mode) or st.st_size > budget:
+            if (not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IROTH
+                    or not real.startswith(real_app + os.sep) or st.st_size > budget):
                 continue
             budget -= st.st_size
             found.append((path, st))
             if len(found) >= PRECOMPILE_MAX_FILES:
                 return found
     return found
+
+
+def _searchable_by_others(app_dir: str, folder: str) -> bool:
+    """Every folder from the app directory (exclusive) down to `folder` has the search bit
+    for others, so that a child's uid can open files in it."""
+    while folder != app_dir and folder.startswith(app_dir + os.sep):
+        try:
+            if not os.stat(folder).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        folder = os.path.dirname(folder)
+    return True
 
 
 def _stdlib_imports(tree: ast.AST) -> set[str]:
