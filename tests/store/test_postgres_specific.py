@@ -19,10 +19,10 @@ from store.conftest import PgCluster, _free_port, hello_retail
 from store.invariants import check_write_rule_invariant
 from trapeze.errors import ConfigError, InvalidArgument
 from trapeze.store import open_plain_store, open_store
+from trapeze.store.base import StoreSchemaError
 from trapeze.store.postgres import (
     SCHEMA_VERSIONS,
     StoreAuthError,
-    StoreSchemaError,
     StoreUnavailableError,
 )
 

@@ -207,7 +207,7 @@ def test_postgres_engine_tables_use_the_store_schema_and_version(pg_database: st
                             ).fetchall()
         assert rows == [("engine", 1)]
         conn.execute("UPDATE engines_here.trapeze_schema SET version = 99")
-    from trapeze.store.postgres import StoreSchemaError
+    from trapeze.store.base import StoreSchemaError
 
     with pytest.raises(StoreSchemaError, match="version 99"):
         EngineDB.open(pg_database + "?schema=engines_here")

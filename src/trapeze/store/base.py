@@ -22,6 +22,18 @@ class StoreSchemaError(ConfigError):
     Trapeze cannot use."""
 
 
+def refuse_newer_schema(have: int | None, ours: int, holder: str, elsewhere: str) -> None:
+    """Raise StoreSchemaError when the stored version `have` is newer than `ours`.
+
+    `holder` names what holds it ("the store file X holds faceted tables"), `elsewhere`
+    where else the URL could point ("another file")."""
+    if have is not None and have > ours:
+        raise StoreSchemaError(
+            f"{holder} of schema version {have}, newer than this Trapeze supports "
+            f"(version {ours}): upgrade Trapeze, or point the store URL at {elsewhere}"
+        )
+
+
 @final
 class _Missing:
     """Sentinel for "no expectation" in ``put(..., expect=...)`` (None means "absent")."""

@@ -59,7 +59,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from trapeze.errors import ConfigError, InvalidArgument
 from trapeze.labels import LabelError, Lattice
-from trapeze.store.base import MISSING, FacetedStore, PlainStore, StoreSchemaError
+from trapeze.store.base import (
+    MISSING,
+    FacetedStore,
+    PlainStore,
+    refuse_newer_schema,
+)
 from trapeze.store.sqlite import (
     StoreClosedError,
     _check_bound,
@@ -415,12 +420,8 @@ def _ensure_schema(conn: psycopg.Connection[Any], schema: str, components: Itera
             ).fetchone()
             ours = versions[comp]
             have = None if row is None else int(row[0])
-            if have is not None and have > ours:
-                raise StoreSchemaError(
-                    f"the store schema {schema!r} in {target} is at version {have} "
-                    f"({comp} tables), newer than this Trapeze supports (version {ours}): "
-                    "upgrade Trapeze, or point the store URL at another database or schema"
-                )
+            refuse_newer_schema(have, ours, f"the store schema {schema!r} in {target} holds "
+                                f"{comp} tables", "another database or schema")
             if have is None:
                 for stmt in ddl[comp]:
                     conn.execute(_q(stmt, schema))

@@ -56,7 +56,12 @@ from urllib.parse import parse_qsl, unquote
 
 from trapeze.errors import ConfigError, InvalidArgument, TrapezeError
 from trapeze.labels import LabelError, Lattice
-from trapeze.store.base import MISSING, FacetedStore, PlainStore, StoreSchemaError
+from trapeze.store.base import (
+    MISSING,
+    FacetedStore,
+    PlainStore,
+    refuse_newer_schema,
+)
 from trapeze.store.sqlite_writer import WriterLock
 from trapeze.store.system import SystemTables
 from trapeze.store.values import (
@@ -830,12 +835,8 @@ def _ensure_schema(conn: sqlite3.Connection, path: str) -> None:
         "SELECT version FROM trapeze_schema WHERE component = 'faceted'"
     ).fetchone()
     have = None if row is None else int(row[0])
-    if have is not None and have > FACETED_SCHEMA_VERSION:
-        raise StoreSchemaError(
-            f"the store file {path} holds faceted tables of schema version {have}, newer "
-            f"than this Trapeze supports (version {FACETED_SCHEMA_VERSION}): upgrade Trapeze, "
-            "or point the store URL at another file"
-        )
+    refuse_newer_schema(have, FACETED_SCHEMA_VERSION,
+                        f"the store file {path} holds faceted tables", "another file")
     _migrate_v0(conn)
     _migrate_v1(conn)
     for stmt in _split_script(_FACETED_SCHEMA):
