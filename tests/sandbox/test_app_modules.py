@@ -65,7 +65,7 @@ def test_preloads_the_standard_library_only(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     modules = AppModules.compile(str(_app(tmp_path, marker)))
     modules.stdlib.add("no_such_module_xyz")  # a failing import is left to the child
-    modules.preload_stdlib()
+    modules.preload()
     assert sys.modules["json"].__file__ != str(tmp_path / "app" / "json.py")
     assert "email.utils" in sys.modules and "no_such_module_xyz" not in sys.modules
     assert "pkg" not in sys.modules and not marker.exists()
@@ -120,7 +120,7 @@ def test_literal_regular_expressions_are_compiled_ahead(tmp_path: Path) -> None:
     modules = AppModules.compile(str(app))
     assert modules.patterns == {("(?:zz)+q", re.I | re.M), ("y{2,3}k", 0), ("(", 0)}
     re.purge()
-    modules.preload_stdlib()  # the invalid "(" is skipped, not raised
+    modules.preload()  # the invalid "(" is skipped, not raised
     cache = re._cache  # type: ignore[attr-defined]
     assert (str, "(?:zz)+q", int(re.I | re.M)) in cache and (str, "y{2,3}k", 0) in cache
 

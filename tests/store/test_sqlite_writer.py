@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from trapeze.labels import Lattice
+from trapeze.labels.examples import HELLO_RETAIL
 from trapeze.runtime.engine_store.sqlite import SqliteEngineDB
-from trapeze.store.sqlite_writer import WriterLock, database_path
+from trapeze.store import open_plain_store, open_store
+from trapeze.store.sqlite_writer import WriterLock
 from trapeze.store.system import SystemTables
 
 
@@ -24,14 +27,17 @@ def test_one_lock_per_file_whatever_the_spelling(tmp_path: Path) -> None:
 def test_system_tables_and_engine_share_the_files_lock(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     engine = SqliteEngineDB.from_url(f"sqlite:///{db}")
-    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-    system = SystemTables(lambda: conn, None)
+    store = open_store(f"sqlite:///{db}", Lattice.from_hasse(HELLO_RETAIL))
+    plain = open_plain_store(f"sqlite:///{tmp_path / 'plain.db'}")
     try:
-        assert database_path(conn) == str(db)
+        system = store.system
+        assert system._writer is store._wlock  # type: ignore[attr-defined]
         assert system._writer._lock is engine._writer._lock
+        assert plain.system._writer is plain._wlock  # type: ignore[attr-defined]
     finally:
         engine.close()
-        conn.close()
+        store.close()
+        plain.close()
 
 
 def test_reentrant_and_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
@@ -67,7 +73,7 @@ def test_writes_from_many_threads_all_land(tmp_path: Path) -> None:
             conns.append(local.c)
         return local.c
 
-    system = SystemTables(conn, None)
+    system = SystemTables(conn, None, WriterLock(str(db), 10.0))
 
     def writer(n: int) -> None:
         for i in range(50):

@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import CodeType, ModuleType
 
+from trapeze.sandbox.confine import path_within
+
 # Source compiled ahead: at most this much of the app's modules, this many files, found
 # among at most this many directory entries (an app folder may hold a large data tree).
 PRECOMPILE_MAX_BYTES = 4 << 20
@@ -96,6 +98,7 @@ class AppModules:
     # Folders holding a compiled module, and the folders above them up to app_dir: the only
     # ones an import of app code can need (a data folder is never listed, however deep).
     code_dirs: set[str] = field(default_factory=set)
+    _finder: AppModuleFinder | None = field(default=None, repr=False)
 
     @classmethod
     def compile(cls, app_dir: str) -> AppModules:
@@ -111,14 +114,14 @@ class AppModules:
                 continue  # the child's import reports it, in the invocation's log
             _CODES[path] = (st.st_mtime_ns, st.st_size, code)
             folder = os.path.dirname(path)
-            while folder not in self.code_dirs and (
-                    folder == app_dir or folder.startswith(app_dir + os.sep)):
+            while folder not in self.code_dirs and path_within(folder, app_dir):
                 self.code_dirs.add(folder)
                 folder = os.path.dirname(folder)
             self.stdlib |= _stdlib_imports(tree)
             if len(self.patterns) < MAX_PATTERNS:
                 self.patterns |= _literal_patterns(tree)
         self._index(app_dir, "")
+        self._finder = AppModuleFinder(self.specs)
         return self
 
     def _index(self, directory: str, prefix: str) -> None:
@@ -136,9 +139,9 @@ class AppModules:
             if dot:
                 stems.setdefault(stem, []).append(name)
         for name, entry in sorted(entries.items()):
-            if name.startswith(".") or name == "__pycache__" or not name.isidentifier():
-                continue
-            if entry.path not in self.code_dirs or not entry.is_dir(follow_symlinks=True):
+            # code_dirs holds no hidden folder and no bytecode cache (see _app_sources).
+            if (not name.isidentifier() or entry.path not in self.code_dirs
+                    or not entry.is_dir(follow_symlinks=True)):
                 continue
             full = prefix + name
             init = os.path.join(entry.path, "__init__.py")
@@ -157,10 +160,11 @@ class AppModules:
                     and path in _CODES):
                 self.specs[full] = _source_spec(full, path)
 
-    def preload_stdlib(self) -> None:
+    def preload(self) -> None:
         """Import, here and once, the standard-library modules the app's code names, so
-        that no child pays for them (json and datetime alone cost a child ~3 ms). A module
-        that fails to import (a missing optional C library) is left to the child."""
+        that no child pays for them (json and datetime alone cost a child ~3 ms), then fill
+        `re`'s cache. A module that fails to import (a missing optional C library) is left
+        to the child."""
         for name in sorted(self.stdlib):
             if name in sys.modules:
                 continue
@@ -186,13 +190,11 @@ class AppModules:
                 continue
 
     def install_finder(self) -> None:
-        """In the child, after confinement."""
-        finder = AppModuleFinder(self.specs)
-        for i, entry in enumerate(sys.meta_path):
-            if entry is importlib.machinery.PathFinder:
-                sys.meta_path.insert(i, finder)
-                return
-        sys.meta_path.append(finder)
+        """In the child, after confinement (the finder was built by compile())."""
+        at = sys.meta_path.index(importlib.machinery.PathFinder) \
+            if importlib.machinery.PathFinder in sys.meta_path else len(sys.meta_path)
+        assert self._finder is not None, "install_finder() before compile()"
+        sys.meta_path.insert(at, self._finder)
 
 
 def _listdir(path: str) -> list[str]:
@@ -260,7 +262,8 @@ def _app_sources(app_dir: str) -> list[tuple[str, os.stat_result]]:
             except OSError:
                 continue
             if (not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IROTH
-                    or not real.startswith(real_app + os.sep) or st.st_size > budget):
+                    or not path_within(real, real_app)
+                    or st.st_size > budget):
                 continue
             budget -= st.st_size
             found.append((path, st))
@@ -272,7 +275,7 @@ def _app_sources(app_dir: str) -> list[tuple[str, os.stat_result]]:
 def _searchable_by_others(app_dir: str, folder: str) -> bool:
     """Every folder from the app directory (exclusive) down to `folder` has the search bit
     for others, so that a child's uid can open files in it."""
-    while folder != app_dir and folder.startswith(app_dir + os.sep):
+    while folder != app_dir and path_within(folder, app_dir):
         try:
             if not os.stat(folder).st_mode & stat.S_IXOTH:
                 return False

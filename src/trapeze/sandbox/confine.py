@@ -51,7 +51,8 @@ class PrivateDirExposed(ValueError):
     pass
 
 
-def _within(path: str, root: str) -> bool:
+def path_within(path: str, root: str) -> bool:
+    """`path` is `root` or lies below it (textually: resolve both first)."""
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -73,10 +74,10 @@ def private_dir_covers(private_dirs: list[str], readable: list[str]) -> list[str
         real = os.path.realpath(d)
         if not os.path.isdir(real):
             continue
-        held = [r for r in readable if _within(r, real)]
+        held = [r for r in readable if path_within(r, real)]
         if held:
-            readable_itself = any(_within(real, r) for r in readable)
-            if _within(real, "/tmp") and not readable_itself:
+            readable_itself = any(path_within(real, r) for r in readable)
+            if path_within(real, "/tmp") and not readable_itself:
                 continue
             raise PrivateDirExposed(
                 f"the store's directory {d} contains {held[0]}, which confined functions "
@@ -382,5 +383,5 @@ def prepare_process(plan: Plan) -> None:
 
 
 __all__ = ["COVERED_SYSTEM_DIRS", "Plan", "PrivateDirExposed", "Slot", "close_slot", "confine",
-           "landlock_rules", "make_slot", "plan_rlimits", "prepare_process",
+           "landlock_rules", "make_slot", "path_within", "plan_rlimits", "prepare_process",
            "private_dir_covers"]

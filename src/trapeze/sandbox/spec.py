@@ -42,7 +42,7 @@ class SandboxSpec:
     max_threads: int = 64  # RLIMIT_NPROC of the slot uid (threads count as tasks)
     # The monitor's own directories (the store's, the app's data_dir): the zygote covers each
     # that a child could otherwise read or stat with an empty tmpfs, or refuses to start
-    # where that is impossible (confine.private_path_mounts).
+    # where that is impossible (confine.private_dir_covers).
     private_dirs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -291,7 +291,7 @@ def main() -> None:
         plan.null_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         prepare_process(plan)
         modules = AppModules.compile(plan.app_dir)
-        modules.preload_stdlib()
+        modules.preload()
         # Each live slot holds two descriptors (namespace, ruleset).
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -569,7 +569,7 @@ class SqliteFacetedStore(FacetedStore):
                 conn.execute("ROLLBACK")
                 raise
         self._load_labels()
-        self.system = SystemTables(self._conns.get, lattice)
+        self.system = SystemTables(self._conns.get, lattice, self._wlock)
 
     def __repr__(self) -> str:
         return f"SqliteFacetedStore({self.config.path!r})"
@@ -928,7 +928,7 @@ class SqlitePlainStore(PlainStore):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        self.system = SystemTables(self._conns.get, None)
+        self.system = SystemTables(self._conns.get, None, self._wlock)
 
     def __repr__(self) -> str:
         return f"SqlitePlainStore({self.config.path!r})"

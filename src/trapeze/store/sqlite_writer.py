@@ -48,10 +48,3 @@ class WriterLock:
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
 
-
-def database_path(conn: sqlite3.Connection) -> str:
-    """The file behind a connection's main database ('' for an in-memory one)."""
-    for _seq, name, path in conn.execute("PRAGMA database_list").fetchall():
-        if name == "main":
-            return str(path or "")
-    return ""

@@ -23,7 +23,7 @@ from typing import Any
 
 from trapeze.errors import InvalidArgument
 from trapeze.labels import Lattice
-from trapeze.store.sqlite_writer import WriterLock, database_path
+from trapeze.store.sqlite_writer import WriterLock
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sys_principals (
@@ -100,13 +100,15 @@ def hash_token(token: str) -> str:
 
 class SystemTables:
     def __init__(
-        self, conn: Callable[[], sqlite3.Connection], lattice: Lattice | None
+        self, conn: Callable[[], sqlite3.Connection], lattice: Lattice | None,
+        writer: WriterLock,
     ) -> None:
+        """`writer`: the write lock of the store's file (the store's own, see
+        sqlite_writer.py)."""
         self._conn = conn
         self._lattice = lattice
+        self._writer = writer
         c = conn()
-        busy_ms = c.execute("PRAGMA busy_timeout").fetchone()[0]
-        self._writer = WriterLock(database_path(c), busy_ms / 1000)
         with self._writer.held():
             c.execute("BEGIN IMMEDIATE")
             try:
