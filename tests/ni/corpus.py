@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from ni.lang import (
     Case,
+    Crash,
+    CurLabel,
     Delete,
+    Facets,
+    Fail,
     Get,
     If,
+    Invoke,
     InvokeAsync,
     Lit,
     Program,
@@ -21,9 +26,11 @@ from ni.lang import (
     Reg,
     Request,
     Return,
+    Scan,
     SeedPut,
     SeedRecord,
     Send,
+    Spin,
     StreamPut,
 )
 
@@ -69,3 +76,28 @@ CORPUS = {
         Program((StreamPut("p0", Lit(5), None, 1, True),), None, Return(Lit(0))), "low",
         records=(SeedRecord("p0", "high", 0, 1),)),
 }
+
+
+# Not a leak shape: one case that makes every operation and every outcome of the coverage
+# check (test_noninterference.REQUIRED) happen in every run, so that the check does not
+# depend on what the random search of that run happened to draw. f0 (at low) scans, lists
+# facets, reads its label, invokes f2 (which spins past its timeout), sends an email, then
+# raises to high and is refused a low email and a low stream record, and ends by starting
+# f3 asynchronously (which crashes, and is retried); f1 fails.
+COVERAGE_CASE = Case(
+    {
+        "f0": Program((Scan("t0", 1), Facets("t0", "k0", 2), CurLabel(0),
+                       Invoke("f2", Lit(1), 1, True, False),
+                       Send("mail_low", Lit(2), 1, True), Raise("high", True),
+                       Send("mail_low", Lit(3), 2, True),
+                       StreamPut("p0", Lit(4), "low", 1, True)),
+                      InvokeAsync("f3", Lit(5), None, True), Return(Lit(0))),
+        "f1": Program((), None, Fail(Lit(6))),
+        "f2": Program((), None, Spin()),
+        "f3": Program((), None, Crash()),
+    },
+    _SEED,
+    (Request("f0", "low", 0, 0), Request("f1", "low", 0, 0)),
+    "low",
+    False,
+)

@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import example, given, settings
 
 from ni.conftest import _common, ni_examples
-from ni.corpus import CORPUS
+from ni.corpus import CORPUS, COVERAGE_CASE
 from ni.harness import COVERAGE, COVERAGE_RUNS, RUNS_KEY, Worlds
 from ni.lang import Case, cases
 from ni.properties import check_case
@@ -31,6 +31,7 @@ def test_noninterference(worlds: Worlds, case: Case) -> None:
 
 for _c in CORPUS.values():  # the real platform must pass the hand-written leak shapes too
     test_noninterference = example(case=_c)(test_noninterference)
+test_noninterference = example(case=COVERAGE_CASE)(test_noninterference)
 
 
 # Every operation and every outcome must have happened during the property runs above, or
