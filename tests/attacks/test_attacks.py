@@ -157,14 +157,28 @@ def _zygote_children(sb: Sandbox) -> list[int]:
         return [int(p) for p in fh.read().split()]
 
 
+def _live(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped (a child killed after its invocation)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _waiting_siblings(sb: Sandbox) -> list[int]:
-    # Wait until only the waiting pre-forked siblings remain (earlier children reaped).
+    # Wait until only waiting children remain: the pool (at least `prefork` of them) and any
+    # extra child forked on demand by an earlier test that found none ready, which waits for
+    # an invocation like the others; earlier children killed and reaped.
     end = time.monotonic() + 10
-    while len(_zygote_children(sb)) != sb.spec.prefork and time.monotonic() < end:
+    while time.monotonic() < end:
+        children = _zygote_children(sb)
+        if len(children) >= sb.spec.prefork and all(_live(p) for p in children):
+            time.sleep(0.05)
+            if _zygote_children(sb) == children:
+                return children
         time.sleep(0.02)
-    siblings = _zygote_children(sb)
-    assert len(siblings) == sb.spec.prefork
-    return siblings
+    raise AssertionError(f"no stable set of waiting children: {_zygote_children(sb)}")
 
 
 def test_signals_to_zygote_monitor_and_siblings(sandbox: Sandbox) -> None:
