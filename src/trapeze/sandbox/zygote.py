@@ -20,10 +20,11 @@ talks to the monitor over a SOCK_SEQPACKET control socket (FD) and:
    fresh, private tmpfs, as if it had mounted its own, without a mount per child;
 5. keeps `pool` children forked and confined ahead of demand (a replacement is forked when a
    pool child exits, after its invocation, not while it runs), forks one-off extras on
-   request, and hands the monitor each child's channel, log pipe and pidfd, then forgets
-   them. A child is the init of a fresh PID namespace when it may create processes (declared
-   executables: the namespace takes every grandchild down with it) or where Landlock cannot
-   scope signals; otherwise seccomp lets it create threads only, which die with it;
+   request (dropping those the monitor cancels before they are forked), and hands the
+   monitor each child's channel, log pipe and pidfd, then forgets them. A child is the init
+   of a fresh PID namespace when it may create processes (declared executables: the
+   namespace takes every grandchild down with it) or where Landlock cannot scope signals;
+   otherwise seccomp lets it create threads only, which die with it;
 6. reaps children and keeps their exit status for the monitor, which asks for it when it
    needs a crash reason. It never reads from a child, and a child has no descriptor
    leading to the zygote.
@@ -356,7 +357,9 @@ def main() -> None:
         _send(ctrl, {"t": "exit", "cid": cid, "code": code, "signal": sig, "cpu": cpu})
 
     while True:
-        while pending and free_slots:
+        # One fork per turn, then the control socket: a cancel must reach the extras still
+        # pending before they are all forked.
+        if pending and free_slots:
             replace = pending.pop()
             index = free_slots.pop()
             if mode == MODE_NONE:
@@ -375,7 +378,7 @@ def main() -> None:
                 sel.close()
                 _child(plan, slot, child_end.fileno(), log_w, modules)
             pidfd = os.pidfd_open(pid)
-            _send(ctrl, {"t": "ready", "cid": cid, "pid": pid},
+            _send(ctrl, {"t": "ready", "cid": cid, "pid": pid, "extra": not replace},
                   [parent_end.fileno(), log_r, pidfd])
             parent_end.close()
             child_end.close()
@@ -383,9 +386,12 @@ def main() -> None:
             os.close(log_w)
             children[pidfd] = (cid, index, pid, replace)
             sel.register(pidfd, selectors.EVENT_READ)
-        for key, _ in sel.select():
+        for key, _ in sel.select(0 if pending and free_slots else None):
             if key.fileobj is ctrl:
-                data = ctrl.recv(CONTROL_MAX)
+                try:
+                    data = ctrl.recv(CONTROL_MAX)
+                except ConnectionError:
+                    data = b""
                 if not data:  # the monitor is gone or closed us: children die with us
                     os._exit(0)
                 msg = msgpack.unpackb(data, raw=False)
@@ -397,6 +403,17 @@ def main() -> None:
                     pending.extend([True] * max(0, grow))
                 elif op == "spawn":
                     pending.extend([False] * int(msg["n"]))
+                elif op == "cancel":
+                    # Drop up to n extras not forked yet (pool entries stay).
+                    to_drop = int(msg["n"])
+                    dropped = 0
+                    for i in range(len(pending) - 1, -1, -1):
+                        if dropped == to_drop:
+                            break
+                        if not pending[i]:
+                            del pending[i]
+                            dropped += 1
+                    _send(ctrl, {"t": "cancelled", "asked": to_drop, "dropped": dropped})
                 elif op == "status":
                     cid = int(msg["cid"])
                     if cid in recent:
