@@ -134,6 +134,7 @@ def main() -> None:
             c = latency(sb, args.n, args.pause)
             assert sb._proc is not None
             c_tp, c_cpu = throughput(sb, args.concurrency, args.seconds, sb._proc.pid)
+            print(f"{fn}: {sb.surplus_killed} extra children forked but not needed")
         rows.append((fn, w, c, w_tp, c_tp, w_cpu, c_cpu))
     load = open("/proc/loadavg").read().split()[:3]
     print(f"\nload average before/after: {load_before} / {' '.join(load)}")

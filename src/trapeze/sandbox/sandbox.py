@@ -159,6 +159,7 @@ class Sandbox:
         self._waiting = 0  # callers in _take() without a child yet
         self._extras_due = 0  # extras asked of the zygote and neither arrived nor cancelled
         self._cancelling = 0  # of those, how many a cancel not yet answered may drop
+        self.surplus_killed = 0  # extras that arrived unneeded (a fork wasted; benchmarks)
         self._send_lock = threading.Lock()
         self._closed = False
         self._zygote_dead = False
@@ -297,6 +298,7 @@ class Sandbox:
                         # Every waiting caller has a child already: this one is surplus.
                         child.kill()
                         child.close()
+                        self.surplus_killed += 1
                         continue
                 # Non-blocking once here rather than per invocation in converse().
                 chan.setblocking(False)
