@@ -204,6 +204,61 @@ def test_failure_after_a_raise_never_holds_the_low_lane(db: Any, lattice: Any,
     assert [d["label"] for d in eng.dead_letters("events", "alice")] == ["alice"]
 
 
+def _raise_then(outcome: str, sink: Sink | None = None) -> Any:
+    """A consumer that raises to alice, then fails or (outcome "ok") records the batch."""
+    def consumer(event: Any, ctx: Any) -> None:
+        ctx.raise_to("alice")
+        if outcome != "ok":
+            raise ValueError("failed at alice")
+        assert sink is not None
+        sink(event, ctx)
+    return consumer
+
+
+@pytest.mark.parametrize("after_restart", ["ok", "fail"])
+def test_a_detached_retry_survives_a_restart(db_url: str, lattice: Any, fake: Any,
+                                             after_restart: str) -> None:
+    """The batch of a consumer that raised and failed is retried detached, away from its
+    lane. Those retries were held in a thread only: an engine stopped (or killed) during
+    the backoff lost the batch — neither retried nor dead-lettered. Now the batch is a
+    dead letter at the raised label from the first failure on, and the next engine resumes
+    its retries: it leaves the dead letters if a retry succeeds, else ends there with every
+    attempt counted."""
+    spec = StreamSpec("events", consumers=("sink",), batch_size=1, max_attempts=3)
+    db1 = EngineDB.open(db_url)
+    # A long backoff: the first engine stops while its detached retry waits.
+    eng1 = StreamEngine(db1, lattice, {"events": spec}, fake({"sink": _raise_then("fail")}),
+                        poll_interval=0.05, backoff_base=30, backoff_max=30).start()
+    eng1.put("events", {"i": 0}, "k", "public")
+    deadline = time.monotonic() + 10
+    while not eng1.dead_letters("events", "alice") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    dead = eng1.dead_letters("events", "alice")
+    assert [(d["data"], d["attempts"], d["label"]) for d in dead] == [({"i": 0}, 1, "alice")]
+    assert eng1.dead_letters("events", "public") == []  # the lane never learns of it
+    eng1.stop()
+    db1.close()
+
+    sink = Sink()
+    db2 = EngineDB.open(db_url)
+    eng2 = StreamEngine(db2, lattice, {"events": spec},
+                        fake({"sink": _raise_then(after_restart, sink)}),
+                        poll_interval=0.05, backoff_base=0.01, backoff_max=0.05).start()
+    try:
+        assert eng2.wait_idle(20)
+        dead = eng2.dead_letters("events", "alice")
+    finally:
+        eng2.stop()
+        db2.close()
+    if after_restart == "ok":
+        assert sink.data("alice") == [{"i": 0}]
+        assert dead == []
+    else:
+        assert [(d["data"], d["attempts"], d["label"]) for d in dead] == \
+            [({"i": 0}, 3, "alice")]
+        assert "failed at alice" in dead[0]["error"]
+
+
 def test_a_high_record_never_holds_back_a_lower_one(db: Any, lattice: Any, fake: Any) -> None:
     sink = Sink()
     release = threading.Event()

@@ -22,7 +22,11 @@ Failures. A batch whose consumer fails *at the batch's label* is retried with ex
 backoff and dead-lettered after ``max_attempts``. A consumer that raised its label and then
 failed has failed at the raised label: retrying it in the batch's lane would let the batch's
 label observe that failure, so the lane moves on at once and the batch is retried detached at
-the raised label (then dead-lettered there, visible only at that label).
+the raised label (then dead-lettered there, visible only at that label). The batch is
+dead-lettered at the raised label in the same transaction that moves the lane on, with the
+attempts so far; each retry rewrites or (on success) removes those dead letters. So a
+restart never loses it: an engine starting resumes the retries of every dead letter whose
+attempts are below the stream's `max_attempts`.
 
 Several engines (processes, machines) may deliver the same streams from one database: a lane
 is delivered by whichever engine claims it (``EngineDB.claim``) for one batch at a time, the
@@ -182,6 +186,12 @@ class StreamEngine:
         self._thread = threading.Thread(target=self._loop, name="trapeze-stream-sched",
                                         daemon=True)
         self._thread.start()
+        try:
+            # Before returning, so that idle() counts them from the start.
+            self._resume_detached()
+        except Exception:
+            log.exception("could not resume the detached stream retries; they stay in the"
+                          " dead letters")
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -333,8 +343,13 @@ class StreamEngine:
         error = f"{result.status}: {result.error or ''}"[:2000]
         if not self.lattice.flows(final, lane.label):
             # Failed above the batch's label: the lane must not learn it (see module doc).
-            self.db.set_checkpoint(lane, last, 0, 0.0)
-            self._detach_retries(spec, lane, batch, final, error)
+            # No error on the checkpoint (the lane's label would see it); the dead letters
+            # carry it at the raised label, durable before the lane moves on.
+            self.db.set_checkpoint(lane, last, 0, 0.0,
+                                   dead=[(r.id, final, error, 1) for r in batch])
+            if spec.max_attempts > 1:
+                self._detach_retries(spec, lane.stream, lane.consumer, lane.partition, batch,
+                                     final, error, 1)
             return
         attempts = lane.attempts + 1
         if attempts >= spec.max_attempts:
@@ -346,32 +361,67 @@ class StreamEngine:
         delay = min(self.backoff_base * 2 ** (attempts - 1), self.backoff_max)
         self.db.set_checkpoint(lane, lane.last_id, attempts, time.time() + delay, error)
 
-    def _detach_retries(self, spec: StreamSpec, lane: Lane, batch: list[StoredRecord],
-                        label: str, error: str) -> None:
+    def _detach_retries(self, spec: StreamSpec, stream: str, consumer: str, partition: str,
+                        batch: list[StoredRecord], label: str, error: str,
+                        attempts: int) -> None:
+        """Retry `batch`, dead-lettered at `label` after `attempts` attempts, in a thread of
+        its own (its backoff must hold up no lane), rewriting its dead letters as it goes."""
+        claim = f"stream-retry:{stream}:{consumer}:{partition}:{batch[0].id}"
+        if not self.db.claim(claim):
+            return  # another engine (or an earlier resume here) retries this batch
+
         def run() -> None:
             nonlocal label, error
+            ids = [r.id for r in batch]
             try:
-                for attempt in range(1, spec.max_attempts):
-                    time.sleep(min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max))
+                for attempt in range(attempts + 1, spec.max_attempts + 1):
+                    time.sleep(min(self.backoff_base * 2 ** (attempt - 2), self.backoff_max))
                     if self._stopping:
-                        break
-                    result = self.invoke(lane.consumer, self._event(lane.stream, batch), label)
+                        return  # the dead letters stay; the next start resumes them
+                    result = self.invoke(consumer, self._event(stream, batch), label)
                     if result.status == "ok":
+                        self.db.retry_dead_letters(stream, consumer, partition, label, ids)
                         return
                     # Labels only go up: a retry that raised further failed at the join.
-                    label = self.lattice.join(label, result.label or label)
+                    joined = self.lattice.join(label, result.label or label)
                     error = f"{result.status}: {result.error or ''}"[:2000]
-                self.db.add_dead_letters(lane.stream, lane.consumer, lane.partition, label,
-                                         [r.id for r in batch], spec.max_attempts, error)
+                    self.db.retry_dead_letters(stream, consumer, partition, label, ids,
+                                               attempts=attempt, new_label=joined, error=error)
+                    label = joined
             except Exception:
-                log.exception("detached stream retry failed inside the engine")
+                log.exception("detached stream retry failed inside the engine; its dead"
+                              " letters stay and the next start resumes it")
             finally:
-                with self._wake:
-                    self._detached -= 1
+                try:
+                    self.db.release(claim)
+                finally:
+                    with self._wake:
+                        self._detached -= 1
 
         with self._wake:
             self._detached += 1
         threading.Thread(target=run, name="trapeze-stream-detached", daemon=True).start()
+
+    def _resume_detached(self) -> None:
+        """Start again the detached retries an earlier engine left unfinished (stopped or
+        crashed): dead letters with attempts below the stream's max."""
+        for name, spec in self.streams.items():
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for consumer, partition, label, attempts, error, at, rid, r_label in \
+                    self.db.retrying_dead_letter_rows(name, spec.max_attempts):
+                if consumer in spec.consumers:
+                    # A batch's dead letters are written together: same time, same attempts.
+                    key = (consumer, partition, label, attempts, error, at, r_label)
+                    groups.setdefault(key, []).append(rid)
+            for (consumer, partition, label, attempts, error, _at, r_label), ids in \
+                    groups.items():
+                wanted = set(ids)
+                batch = [r for r in self.db.lane_records(name, partition, r_label,
+                                                         min(ids) - 1, max(ids) + 1, len(ids))
+                         if r.id in wanted]
+                if len(batch) == len(ids):  # records are never deleted; checked anyway
+                    self._detach_retries(spec, name, consumer, partition, batch, label,
+                                         error or "", attempts)
 
 
 def _seq(n: int, label: str) -> str:

@@ -133,6 +133,12 @@ class EngineSQL:
     #: (stream,) -> per dead letter of `stream`, oldest first: consumer, partition, its
     #: label, attempts, error, time, then the record's label, lane_seq and data.
     dead_letters: str
+    #: (stream, max_attempts) -> dead letters still being retried (attempts below the
+    #: stream's max), oldest first: consumer, partition, label, attempts, error, time,
+    #: record_id, and the record's own label.
+    retrying_dead_letters: str
+    #: (stream, consumer, partition, label, record_id): remove one dead letter.
+    delete_dead_letter: str
     # ---------------------------------------------------------------- workflows
     #: (workflow, name) -> (start_label,) of every execution of that name.
     start_labels: str
@@ -263,14 +269,24 @@ class EngineDB(ABC):
                     (lane.stream, lane.consumer, lane.partition, label, rid, tries, err, now)
                     for rid, label, err, tries in dead])
 
-    def add_dead_letters(self, stream: str, consumer: str, partition: str, label: str,
-                         record_ids: list[int], attempts: int, error: str | None) -> None:
-        """Dead-letter records at `label` (a detached retry's final failure)."""
+    def retry_dead_letters(self, stream: str, consumer: str, partition: str, label: str,
+                           record_ids: list[int], *, attempts: int | None = None,
+                           new_label: str | None = None, error: str | None = None) -> None:
+        """A detached retry's outcome for its batch, dead-lettered at `label` while it is
+        retried: removed (attempts None: the retry succeeded), or rewritten at `new_label`
+        with the attempts and error so far, in one transaction."""
         now = time.time()
         with self._write() as conn:
-            self._execute_many(conn, self.sql.insert_dead_letter, [
-                (stream, consumer, partition, label, rid, attempts, error, now)
-                for rid in record_ids])
+            self._execute_many(conn, self.sql.delete_dead_letter, [
+                (stream, consumer, partition, label, rid) for rid in record_ids])
+            if attempts is not None:
+                self._execute_many(conn, self.sql.insert_dead_letter, [
+                    (stream, consumer, partition, new_label or label, rid, attempts, error, now)
+                    for rid in record_ids])
+
+    def retrying_dead_letter_rows(self, stream: str, max_attempts: int) -> list[tuple[Any, ...]]:
+        """See EngineSQL.retrying_dead_letters."""
+        return self._read(self.sql.retrying_dead_letters, (stream, max_attempts))
 
     def stream_rows(self, stream: str, newest_first: bool, limit: int,
                     visible: Callable[[str], bool]) -> list[StoredRecord]:

@@ -243,6 +243,16 @@ _SQL = EngineSQL(
         " JOIN {s}.trapeze_stream_records r ON r.id = d.record_id"
         " WHERE d.stream = %s ORDER BY d.id"
     ),
+    retrying_dead_letters=(
+        "SELECT d.consumer, d.partition, d.label, d.attempts, d.error, d.time, d.record_id,"
+        " r.label FROM {s}.trapeze_stream_dead_letters d"
+        " JOIN {s}.trapeze_stream_records r ON r.id = d.record_id"
+        " WHERE d.stream = %s AND d.attempts < %s ORDER BY d.id"
+    ),
+    delete_dead_letter=(
+        "DELETE FROM {s}.trapeze_stream_dead_letters WHERE stream = %s AND consumer = %s"
+        " AND partition = %s AND label = %s AND record_id = %s"
+    ),
     start_labels=(
         "SELECT start_label FROM {s}.trapeze_wf_executions WHERE workflow = %s AND name = %s"
     ),

@@ -146,6 +146,16 @@ _SQL = EngineSQL(
         " JOIN trapeze_stream_records r ON r.id = d.record_id"
         " WHERE d.stream = ? ORDER BY d.id"
     ),
+    retrying_dead_letters=(
+        "SELECT d.consumer, d.partition, d.label, d.attempts, d.error, d.time, d.record_id,"
+        " r.label FROM trapeze_stream_dead_letters d"
+        " JOIN trapeze_stream_records r ON r.id = d.record_id"
+        " WHERE d.stream = ? AND d.attempts < ? ORDER BY d.id"
+    ),
+    delete_dead_letter=(
+        "DELETE FROM trapeze_stream_dead_letters WHERE stream = ? AND consumer = ?"
+        " AND partition = ? AND label = ? AND record_id = ?"
+    ),
     start_labels="SELECT start_label FROM trapeze_wf_executions WHERE workflow = ? AND name = ?",
     insert_execution=(
         "INSERT INTO trapeze_wf_executions (id, workflow, name, start_label, label,"
