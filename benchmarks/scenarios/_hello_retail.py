@@ -60,16 +60,18 @@ def bearer(principal: str, label: str | None = None) -> dict[str, str]:
     return headers
 
 
-def app_for(smtp_port: int, image_prefix: str) -> App:
+def app_for(smtp_port: int, image_prefix: str, assignments: int = PER_PHOTOGRAPHER) -> App:
     """The manifest as written, its two channels pointed at the harness's SMTP sink and image
-    server (as tests/examples/test_hello_retail.py does). Function code is untouched."""
+    server (as tests/examples/test_hello_retail.py does), and `assignments` per photographer's
+    registration in processor's environment. Function code is untouched."""
     m = App.load(APP_DIR).manifest
     channels = dict(m.channels)
     channels["email"] = dataclasses.replace(channels["email"], port=smtp_port)
     channels["images"] = dataclasses.replace(channels["images"], url_prefixes=(image_prefix,))
     functions = dict(m.functions)
     functions["processor"] = dataclasses.replace(
-        functions["processor"], env={"ASSIGNMENT_RETRY_SECONDS": PARKED_RETRY_SECONDS})
+        functions["processor"], env={"ASSIGNMENT_RETRY_SECONDS": PARKED_RETRY_SECONDS,
+                                     "ASSIGNMENTS_PER_REGISTRATION": str(assignments)})
     return App(dataclasses.replace(m, channels=channels, functions=functions))
 
 
@@ -81,6 +83,7 @@ class Retail:
         self.s = session
         self.rt = session.rt
         self.c = session.client
+        self.per_photographer: int = session.state.get("assignments", PER_PHOTOGRAPHER)
         self.used = {phone: 0 for _, _, phone in PHOTOGRAPHERS}
         self.parked = 0          # executions that wait for a free photographer, for good
         self.awaiting: list[str] = []   # phones with an assignment out, waiting for a photo
@@ -130,7 +133,7 @@ class Retail:
                               "category": "Things", "price": "10",
                               "origin": "hello-retail/testid/mark"}, "owen")
         # Who gets it: the free photographer with the fewest assignments (assign.py).
-        free = [p for p, n in self.used.items() if n < PER_PHOTOGRAPHER and
+        free = [p for p, n in self.used.items() if n < self.per_photographer and
                 p not in self.awaiting]
         if free:
             phone = min(free, key=lambda p: (self.used[p], p))
@@ -163,18 +166,19 @@ class Retail:
         self.settle()
 
 
-def start(ifc: bool, workdir: Path) -> Session:
+def start(ifc: bool, workdir: Path, assignments: int = PER_PHOTOGRAPHER) -> Session:
     """Start the SMTP sink, the image server and the app; log Alice and Bob in (untimed)."""
     box, smtp_port, stop_smtp = start_smtp_sink()
     image_url, stop_images = start_image_server(png(256, 256))
-    app = app_for(smtp_port, image_url)
+    app = app_for(smtp_port, image_url, assignments)
     db = Path(tempfile.mkdtemp(dir=workdir)) / "app.db"
     options: dict[str, Any] = {"store": f"sqlite:///{db}"}
     if RUNTIME_OPTIONS is not None:
         options.update(RUNTIME_OPTIONS(workdir))
     rt = app.start(http=True, ifc=ifc, **options)
     client = httpx.Client(base_url=rt.url, timeout=120.0)
-    session = Session(rt, client, state={"image_url": image_url, "mailbox": box},
+    session = Session(rt, client, state={"image_url": image_url, "mailbox": box,
+                                         "assignments": assignments},
                       closers=[stop_images, stop_smtp])
     try:
         # Purchases need a registered shopper (authenticate.py): a login event each.
