@@ -388,8 +388,9 @@ READING = """## How the scenarios are run
 ## Where the overhead comes from (reading the numbers)
 
 * **A confined fork per invocation vs a warm worker.** The baseline calls each handler in
-  one warm, unconfined process per function (like a warm Lambda container: modules imported
-  once, one invocation at a time per function). Under Trapeze every invocation runs in its
+  warm, unconfined worker processes (like warm Lambda containers: modules imported once, one
+  invocation at a time per worker; a pool of up to two workers per core per function, all
+  started with the runtime). Under Trapeze every invocation runs in its
   own child forked from the function's zygote and confined (namespaces, seccomp, Landlock,
   rlimits, a per-slot uid) before it touches the event, and is thrown away afterwards, so
   nothing one invocation saw can reach the next one at another label. That costs a fork,
@@ -409,15 +410,14 @@ READING = """## How the scenarios are run
 * **Image features** is one long, CPU-bound invocation: the fixed per-invocation cost is
   small next to 0.3 s of numpy work, so the overhead is small; Upload moves a 2.3 MB body
   through the monitor into the store, where the per-invocation cost is a larger share.
-* **Concurrency, and why Trapeze can be faster.** Both modes get the same requests at the
-  same concurrency. But the baseline's warm worker runs one invocation of a function at a
-  time, while Trapeze runs several confined children of one function at once (up to its
-  concurrency limit). Where many requests for the same function are in flight — the build
-  farm's compiles (the driver keeps 8 in flight), a batch of four purchases — the baseline
-  queues them and Trapeze uses both vCPUs: a negative wall-clock overhead there is the
-  baseline's serialization, not a free lunch; the CPU columns (total work done) are the
-  fairer comparison for those rows. On a 2-vCPU VM shared with other engineers' test runs
-  both modes' numbers are noisy; compare the per-run table and the load averages.
+* **Concurrency.** Both modes get the same requests at the same concurrency. The
+  baseline's pool has up to two warm workers per core for each function, while Trapeze runs
+  up to the function's concurrency limit of confined children at once. Where more requests
+  for one function are in flight than the pool has workers — the build farm's compiles (the
+  driver keeps 8 in flight), a batch of four purchases — the baseline queues them; the CPU
+  columns (total work done) are the fairer comparison for those rows. On a 2-vCPU VM
+  shared with other engineers' test runs both modes' numbers are noisy; compare the
+  per-run table and the load averages.
 * **Build farm** (examples/build_farm, driven by its build.py): one builder builds Lua 5.4
   (sources from the Debian source package, cached): one upload per file, one compile per
   translation unit (gcc as a declared executable inside the confinement), one link.
