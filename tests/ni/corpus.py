@@ -32,6 +32,7 @@ from ni.lang import (
     Send,
     Spin,
     StreamPut,
+    WfStart,
 )
 
 _RET = Program((), None, Return(Lit(0)))
@@ -75,6 +76,16 @@ CORPUS = {
     "low record after secret record": _case(
         Program((StreamPut("p0", Lit(5), None, 1, True),), None, Return(Lit(0))), "low",
         records=(SeedRecord("p0", "high", 0, 1),)),
+    # a high request starts an execution named n0 only if its event (secret: 0 in world A,
+    # 1 in world B) is even; then a low one starts n0: the high one must not make it clash
+    "workflow name taken above": Case(
+        {"f0": Program((WfStart(Lit(1), "n0", 0, True),), None, Return(Reg(0))),
+         "f1": Program((If(0, (WfStart(Lit(2), "n0", 1, True),), ()),), None, Return(Lit(0))),
+         "f2": _RET, "f3": _RET},
+        _SEED, (Request("f1", "high", 0, 1), Request("f0", "low", 0, 0)), "low", False),
+    # raise, read the secret, start an execution with it "at the current label"
+    "workflow after raise": _case(
+        Program((*_READ_SECRET, WfStart(Reg(0), None, 1, True)), None, Return(Lit(0))), "low"),
 }
 
 
@@ -82,7 +93,8 @@ CORPUS = {
 # check (test_noninterference.REQUIRED) happen in every run, so that the check does not
 # depend on what the random search of that run happened to draw. f0 (at low) scans, lists
 # facets, reads its label, invokes f2 (which spins past its timeout), sends an email, then
-# raises to high and is refused a low email and a low stream record, and ends by starting
+# raises to high and is refused a low email and a low stream record, starts the workflow
+# twice under one name (the second start fails: the name is taken), and ends by starting
 # f3 asynchronously (which crashes, and is retried); f1 fails.
 COVERAGE_CASE = Case(
     {
@@ -90,7 +102,8 @@ COVERAGE_CASE = Case(
                        Invoke("f2", Lit(1), 1, True, False),
                        Send("mail_low", Lit(2), 1, True), Raise("high", True),
                        Send("mail_low", Lit(3), 2, True),
-                       StreamPut("p0", Lit(4), "low", 1, True)),
+                       StreamPut("p0", Lit(4), "low", 1, True),
+                       WfStart(Lit(7), "n0", 1, True), WfStart(Lit(8), "n0", 2, True)),
                       InvokeAsync("f3", Lit(5), None, True), Return(Lit(0))),
         "f1": Program((), None, Fail(Lit(6))),
         "f2": Program((), None, Spin()),

@@ -37,12 +37,24 @@ from ni.lang import (
     STREAM,
     TABLES,
     TIMEOUTS,
+    WF_DEFINITION,
+    WF_TASK,
+    WF_TASK_SOURCE,
+    WORKFLOW,
     Case,
     compile_program,
     flows,
     table_name,
 )
-from ni.trace import Record, Trace, Window, record_value, request_event_x, seed_value
+from ni.trace import (
+    Execution,
+    Record,
+    Trace,
+    Window,
+    record_value,
+    request_event_x,
+    seed_value,
+)
 from trapeze import App
 
 QUIESCE_TIMEOUT_S = 30.0
@@ -175,6 +187,10 @@ def manifest(name: str, web_port: int, smtp_port: int) -> str:
     out += [f"[functions.{CONSUMER}]", f'handler = "functions/{CONSUMER}.py:handler"',
             f"timeout = {TIMEOUTS[CONSUMER]}", "concurrency = 32", ""]
     out += [f"[streams.{STREAM}]", f'consumers = ["{CONSUMER}"]', ""]
+    # The workflow's task never changes either.
+    out += [f"[functions.{WF_TASK}]", f'handler = "functions/{WF_TASK}.py:handler"',
+            f"timeout = {TIMEOUTS[WF_TASK]}", "concurrency = 32", ""]
+    out += [f"[workflows.{WORKFLOW}]", f'definition = "workflows/{WORKFLOW}.json"', ""]
     out += ["[limits]", "concurrency = 128", "queue = 256", ""]
     return "\n".join(out)
 
@@ -198,6 +214,10 @@ class World:
             (self.app_dir / "functions" / f"{slot}.py").write_text(
                 "def handler(event, context):\n    return None\n")
         (self.app_dir / "functions" / f"{CONSUMER}.py").write_text(CONSUMER_SOURCE)
+        (self.app_dir / "functions" / f"{WF_TASK}.py").write_text(WF_TASK_SOURCE)
+        (self.app_dir / "workflows").mkdir()
+        (self.app_dir / "workflows" / f"{WORKFLOW}.json").write_text(WF_DEFINITION)
+        self._old_executions: set[str] = set()  # executions of earlier runs
         self.rt = App.load(self.app_dir).start(store=f"sqlite:///{root / f'store{name}.db'}")
         self._pending_async = 0
         self._lock = threading.Lock()
@@ -284,8 +304,10 @@ class World:
         while calm < 3:  # idle on three consecutive polls: nothing is between two steps
             with self._lock:
                 idle = self._pending_async == 0 and invoker._inflight == 0
-            # every stream record delivered (its consumer's log is part of this window)
-            idle = idle and engines.streams.idle()
+            # every stream record delivered (its consumer's log is part of this window), every
+            # workflow execution finished (likewise its task's)
+            idle = (idle and engines.streams.idle()
+                    and not engines.workflows.db.executions(status="RUNNING"))
             calm = calm + 1 if idle else 0
             if time.monotonic() > deadline:
                 raise HarnessError(f"world {self.name} did not quiesce")
@@ -380,10 +402,36 @@ class World:
             if not part.startswith(gen + "."):
                 base[lab] = max(base.get(lab, 0), n)
         trace.stream = self.run_records(everything, gen, base)
+        mine = {e["executionArn"] for e in self.executions("top")} - self._old_executions
+        trace.workflows = self.run_executions(self.executions("top"), gen, mine)
         for obs in observers:
             trace.views[obs] = self.view(obs, ns)
             trace.views[obs]["stream"] = self.run_records(self.stream_tail(obs), gen, base)
+            trace.views[obs]["workflows"] = self.run_executions(self.executions(obs), gen,
+                                                                mine)
+        self._old_executions |= mine
         return trace
+
+    def executions(self, label: str) -> list[dict[str, Any]]:
+        """The workflow's executions as a viewer at `label` may see them (the platform's own
+        listing, what `trapeze workflow list` shows), oldest first."""
+        assert self.rt.engines is not None
+        return self.rt.engines.workflows.list(label, WORKFLOW)
+
+    @staticmethod
+    def run_executions(listing: list[dict[str, Any]], gen: str,
+                       mine: set[str]) -> list[Execution]:
+        """This run's executions: (name without the run's prefix, or "<auto>" for one the
+        platform named; start label; status; the output's value)."""
+        prefix = gen + "."
+        out: list[Execution] = []
+        for e in listing:
+            if e["executionArn"] not in mine:
+                continue
+            name = e["name"][len(prefix):] if e["name"].startswith(prefix) else "<auto>"
+            output = e["output"].get("v") if isinstance(e["output"], dict) else e["output"]
+            out.append((name, e["startLabel"], e["status"], output))
+        return out
 
     def stream_tail(self, label: str) -> list[Record]:
         """Every record of the stream visible at `label`, oldest first, with its partition,

@@ -31,6 +31,7 @@ from ni.lang import (
     ENTRY,
     KEYS,
     TABLES,
+    WF_TASK,
     Case,
     CondPut,
     Crash,
@@ -57,8 +58,10 @@ from ni.lang import (
     Spin,
     Stmt,
     StreamPut,
+    WfStart,
     consumer_line,
     flows,
+    wf_task_line,
 )
 from ni.trace import Trace, Window, record_value, request_event_x, seed_value
 
@@ -250,6 +253,9 @@ class Interpreter:
         elif isinstance(s, StreamPut):
             v = self.expr(s.e, regs)
             self.guard(lambda: self.guest_stream_put(inv, s, v, regs), s.catch, regs, s.dst)
+        elif isinstance(s, WfStart):
+            v = self.expr(s.e, regs)
+            self.guard(lambda: self.wf_start(inv, s, v, regs), s.catch, regs, s.dst)
         elif isinstance(s, Invoke):
             if s.text and s.catch:
                 raise AssertionError("error-text probes are not modelled")  # see `modelled`
@@ -305,6 +311,19 @@ class Interpreter:
             raise GuestError("FlowError")
         self.stream_put(s.part, v, target)
         regs[s.dst] = nilib.num(target)
+
+    def wf_start(self, inv: Inv, s: WfStart, v: int, regs: list[int]) -> None:
+        """An execution at the current label. A name clashes only with an execution the
+        starter can see (its start label flows to the starter's label); the task runs at
+        the execution's label, prints, and returns its input, so the execution succeeds
+        there with the input as its output."""
+        name = s.name or "<auto>"
+        if s.name is not None and any(e[0] == s.name and flows(e[1], inv.label)
+                                      for e in self.trace.workflows):
+            raise GuestError("AlreadyExists")
+        self.trace.workflows.append((name, inv.label, "SUCCEEDED", v))
+        self.window.logs.append((WF_TASK, inv.label, wf_task_line(v)))
+        regs[s.dst] = 1
 
     def sync_invoke(self, inv: Inv, slot: str, v: int, regs: list[int], dst: int) -> None:
         status, value, _ = self.invoke(slot, v, inv.label, inv.label)

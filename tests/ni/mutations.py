@@ -25,6 +25,7 @@ from trapeze.monitor.monitor import Monitor
 from trapeze.runtime.engine_store import Lane, StoredRecord
 from trapeze.runtime.invoker import Invoker
 from trapeze.runtime.streams import StreamEngine
+from trapeze.runtime.workflows import WorkflowEngine
 from trapeze.store.base import MISSING
 from trapeze.store.sqlite import SqliteFacetedStore
 from trapeze.store.values import encode_value
@@ -40,6 +41,8 @@ _check_output = Monitor.check_output
 _reply = Invoker._reply
 _target_label = Monitor._target_label
 _batch = StreamEngine._batch
+_wf_start = WorkflowEngine.start
+_wf_list = WorkflowEngine.list
 
 Patches = dict[tuple[type, str], Callable[..., Any]]
 
@@ -208,6 +211,23 @@ def _stream_batch_mixes_labels() -> Patches:
     return {(StreamEngine, "_batch"): batch}
 
 
+# ---------------------------------------------------------------------------- workflows
+def _workflow_name_clash_any_label() -> Patches:
+    def start(self: WorkflowEngine, workflow: str, name: Any, input: Any, label: str,
+              **kw: Any) -> Any:
+        kw["caller_label"] = self.lattice.top  # a clash with an execution at any label
+        return _wf_start(self, workflow, name, input, label, **kw)
+
+    return {(WorkflowEngine, "start"): start}
+
+
+def _workflow_list_ignores_labels() -> Patches:
+    def list_(self: WorkflowEngine, label: str, workflow: str | None = None) -> Any:
+        return _wf_list(self, self.lattice.top, workflow)
+
+    return {(WorkflowEngine, "list"): list_}
+
+
 # ----------------------------------------------------------------------------- catalogue
 @dataclass(frozen=True)
 class Mutation:
@@ -246,4 +266,9 @@ CATALOGUE = (
     Mutation("stream_batch_mixes_labels", "a stream batch takes the partition's records of "
              "every label and runs at its lane's (the lowest) label", _stream_batch_mixes_labels,
              "noninterference"),
+    Mutation("workflow_name_clash_any_label", "starting a named execution fails when an "
+             "execution of that name exists at any label, not only at one the starter sees",
+             _workflow_name_clash_any_label, "noninterference"),
+    Mutation("workflow_list_ignores_labels", "the execution listing shows every execution, "
+             "whatever the viewer's label", _workflow_list_ignores_labels, "noninterference"),
 )

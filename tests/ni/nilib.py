@@ -19,6 +19,7 @@ ERROR_CODES = {
     "InvalidArgument": 104,
     "NotFound": 105,
     "LimitExceeded": 106,
+    "AlreadyExists": 107,
 }
 
 _HEX_ID = re.compile(r"[0-9a-f]{12,}")

@@ -22,6 +22,8 @@ Output = tuple[str, str, str]
 # A stream record: (partition, label, n, value), n its sequence number among this run's
 # records at that label (1, 2, ...): the platform's count goes on across runs.
 Record = tuple[str, str, int, Any]
+# (name, start label, status, output value) of a workflow execution
+Execution = tuple[str, str, str, Any]
 
 
 @dataclass
@@ -40,6 +42,8 @@ class Trace:
     windows: list[Window] = field(default_factory=list)
     # this run's stream records, all labels, in the order they were put
     stream: list[Record] = field(default_factory=list)
+    # this run's workflow executions, all labels, in the order they were started
+    workflows: list[Execution] = field(default_factory=list)
     # (table, key) -> [(label, value, is_tombstone)] newest first (the whole store)
     raw: dict[tuple[str, str], list[tuple[str, Any, bool]]] = field(default_factory=dict)
     # observer label -> its view of the store and the stream (filled by the harness only)
@@ -101,10 +105,15 @@ def project(trace: Trace, case: Case, l: str,  # noqa: E741 - the paper's name
     if view is None:  # derive the l-view from the raw facets and records (interpreter traces)
         store = view_from_raw(trace.raw, l)
         stream = [r for r in trace.stream if flows(r[1], l)]
+        # The task never raises, so an execution ends at its start label: visible whole at
+        # l or not listed at all.
+        workflows = [e for e in trace.workflows if flows(e[1], l)]
     else:
         store = {k: view[k] for k in ("get", "facets", "scan")}
         stream = view["stream"]
-    return {"responses": responses, "windows": windows, "store": store, "stream": stream}
+        workflows = view["workflows"]
+    return {"responses": responses, "windows": windows, "store": store, "stream": stream,
+            "workflows": workflows}
 
 
 _KIND = re.compile(r"([A-Za-z_][A-Za-z0-9_]*): ")
@@ -136,7 +145,7 @@ def log_summary(text: str) -> str:
     for line in text.split("\n"):
         if line.startswith("p "):
             out.append(line)
-        elif line.startswith("c "):  # the stream consumer's line for one record
+        elif line.startswith(("c ", "w ")):  # a stream consumer's or workflow task's line
             out.append(line)
         elif line.startswith("[trapeze] "):
             status, _, err = line[len("[trapeze] "):].partition(": ")
@@ -162,7 +171,7 @@ def view_from_raw(raw: dict[tuple[str, str], list[tuple[str, Any, bool]]],
 
 def first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
     """A short human description of where two projections differ."""
-    for part in ("responses", "store", "stream"):
+    for part in ("responses", "store", "stream", "workflows"):
         if a[part] != b[part]:
             return f"{part}:\n  A: {a[part]}\n  B: {b[part]}"
     for i, (wa, wb) in enumerate(zip(a["windows"], b["windows"], strict=True)):
