@@ -43,7 +43,10 @@ def test_udp_to_loopback(sandbox: Sandbox) -> None:
 
 
 def test_unix_socket_path(sandbox: Sandbox, tmp_path: Path) -> None:
-    path = "/run/trapeze-test.sock"
+    # /run where the test may write there (as root); an ordinary user's own folder otherwise
+    # (outside the child's view: if socket() were allowed, connect() would fail ENOENT, not
+    # EPERM, and the test would still fail).
+    path = "/run/trapeze-test.sock" if os.geteuid() == 0 else str(tmp_path / "s.sock")
     srv = socket.socket(socket.AF_UNIX)
     srv.bind(path)
     srv.listen()
@@ -151,10 +154,18 @@ def test_int80_32bit_entry_kills_process(sandbox: Sandbox) -> None:
 
 # --- signals: Landlock signal scoping and the per-slot uid; a PID namespace with processes ---
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
+
+
 def _zygote_children(sb: Sandbox) -> list[int]:
     zpid = sb._proc.pid  # type: ignore[union-attr]
-    with open(f"/proc/{zpid}/task/{zpid}/children") as fh:
-        return [int(p) for p in fh.read().split()]
+    if sb.mode == "userns":
+        # As an ordinary user the process the monitor started forks once to become the
+        # init of its own PID namespace: the children are that init's.
+        (zpid,) = _children(zpid)
+    return _children(zpid)
 
 
 def _live(pid: int) -> bool:
@@ -181,6 +192,12 @@ def _waiting_siblings(sb: Sandbox) -> list[int]:
     raise AssertionError(f"no stable set of waiting children: {_zygote_children(sb)}")
 
 
+def _ns_pid(host_pid: int) -> int:
+    """A process's pid in its own (innermost) PID namespace."""
+    with open(f"/proc/{host_pid}/status") as fh:
+        return int(next(ln for ln in fh if ln.startswith("NSpid:")).split()[-1])
+
+
 def test_signals_to_zygote_monitor_and_siblings(sandbox: Sandbox) -> None:
     # No executables: the children share the zygote's PID namespace (threads only, so
     # nothing of theirs can outlive them), and every kill() that names another process is
@@ -188,15 +205,27 @@ def test_signals_to_zygote_monitor_and_siblings(sandbox: Sandbox) -> None:
     # and, as root, from the per-slot uid; kill(-1) is refused by seccomp (EPERM).
     assert not sandbox.pidns_per_child
     siblings = _waiting_siblings(sandbox)
-    targets = [os.getpid(), sandbox._proc.pid, *siblings]  # type: ignore[union-attr]
-    res = attack(sandbox, "signal_pids", pids=targets)
+    if sandbox.mode == "userns":
+        # As an ordinary user the zygote is the init of its own PID namespace: a child names
+        # it as 1 and its siblings by their pids in that namespace; the monitor is outside,
+        # nameless there (ESRCH, or EPERM should its number exist inside).
+        named = {_ns_pid(p): p for p in siblings}
+        targets = [1, *named]
+        outside = [os.getpid()]
+    else:
+        named = {p: p for p in siblings}
+        targets = [os.getpid(), sandbox._proc.pid, *siblings]  # type: ignore[union-attr]
+        outside = []
+    res = attack(sandbox, "signal_pids", pids=targets + outside)
     assert res.status == "ok", res
     out = res.value
     for pid in targets:
-        if pid != res.pid:  # the sibling that served the invocation itself
+        if out[str(pid)] != "self":  # the sibling that served the invocation itself
             assert out[str(pid)]["errno"] == EPERM, (pid, out)
+    for pid in outside:
+        assert out[str(pid)]["errno"] in (EPERM, errno.ESRCH), (pid, out)
     assert out["-1"]["errno"] == EPERM, out
-    assert out["self"] == res.pid != 1
+    assert named[out["self"]] == res.pid and out["self"] != 1
     assert all(pid_alive(p) for p in siblings if p != res.pid)
     assert ok(sandbox, "tmp_works") == "fine"
 
@@ -388,7 +417,11 @@ def test_import_time_code_reaches_nothing() -> None:
         found = out.value
         assert found["open_fds"] == [0, 1, 2, 3]
         assert found["kill_all"]["errno"] == EPERM  # seccomp: no negative pid
-        assert found["kill_pid_2"]["errno"] == EPERM  # Landlock scoping, per-slot uid
+        assert found["kill_pid_1"]["errno"] == EPERM  # Landlock scoping (and the slot uid)
+        if sb.mode == "root":
+            assert found["kill_pid_2"]["errno"] == EPERM  # Landlock scoping, per-slot uid
+        else:  # pid 2 of the zygote's PID namespace: a sibling, or nobody
+            assert found["kill_pid_2"]["errno"] in (EPERM, errno.ESRCH)
         assert found["proc"]["errno"] == EACCES
         assert found["dev_shm"]["errno"] in (EACCES, errno.EROFS)  # read-only cover first
         assert found["shared_tmp"]["errno"] == EACCES
