@@ -71,6 +71,24 @@ def test_preloads_the_standard_library_only(tmp_path: Path) -> None:
     assert "pkg" not in sys.modules and not marker.exists()
 
 
+def test_module_programs_named_by_the_app_are_never_imported_by_the_zygote(
+        tmp_path: Path) -> None:
+    """The app decides which standard-library names the privileged zygote imports, so a
+    name whose import runs a program is refused: `import ensurepip.__main__` in app source
+    (never executed, only named) had the root zygote install pip into the interpreter."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "handler.py").write_text(
+        "import json, os.path\n"
+        "def handler(event, context):\n"
+        "    import ensurepip.__main__, venv.__main__, unittest.__main__, test.autotest\n"
+        "    import lib2to3.main, pydoc\n"
+        "    from email import utils\n"
+    )
+    modules = AppModules.compile(str(app))
+    assert modules.stdlib == {"json", "os.path", "email"}
+
+
 def test_finder_sits_where_path_finder_is(tmp_path: Path) -> None:
     modules = AppModules.compile(str(_app(tmp_path, tmp_path / "marker")))
     saved = list(sys.meta_path)

@@ -42,11 +42,15 @@ PRECOMPILE_MAX_BYTES = 4 << 20
 PRECOMPILE_MAX_FILES = 2000
 WALK_MAX_ENTRIES = 50_000
 
-# Standard-library modules never preloaded automatically even when app code imports them:
-# importing them acts (prints, opens a browser or a window) or needs a display.
+# Standard-library packages never preloaded automatically even when app code imports them:
+# importing them acts (prints, opens a browser or a window, runs a test suite, installs
+# pip) or needs a display. The app chooses which names the (trusted, privileged) zygote
+# imports, so any name with a `__main__` (or other dunder) part is refused too: such a
+# module runs its program on import (`ensurepip.__main__` installs pip into the
+# interpreter, `venv.__main__` creates a directory named by the zygote's argv).
 NO_AUTO_PRELOAD = frozenset({
-    "__hello__", "__phello__", "antigravity", "idlelib", "this", "tkinter", "turtle",
-    "turtledemo",
+    "__hello__", "__phello__", "antigravity", "ensurepip", "idlelib", "lib2to3", "pydoc",
+    "test", "this", "tkinter", "turtle", "turtledemo", "venv",
 })
 
 # Literal regular expressions compiled ahead, at most (re's own cache keeps 512).
@@ -296,7 +300,8 @@ def _stdlib_imports(tree: ast.AST) -> set[str]:
             names.add(node.module)
     return {name for name in names
             if name.partition(".")[0] in sys.stdlib_module_names
-            and name.partition(".")[0] not in NO_AUTO_PRELOAD}
+            and name.partition(".")[0] not in NO_AUTO_PRELOAD
+            and not any(part.startswith("__") for part in name.split("."))}
 
 
 def _literal_patterns(tree: ast.AST) -> set[tuple[str | bytes, int]]:
