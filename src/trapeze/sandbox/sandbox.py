@@ -108,18 +108,6 @@ def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
-def _host_pid(pidfd: int) -> int | None:
-    """The pid, in the monitor's PID namespace, of the process behind `pidfd`."""
-    try:
-        with open(f"/proc/self/fdinfo/{pidfd}") as fh:
-            for line in fh:
-                if line.startswith("Pid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 @dataclass
 class _Child:
     cid: int
@@ -303,12 +291,7 @@ class Sandbox:
             msg = msgpack.unpackb(data, raw=False)
             if msg["t"] == "ready" and len(fds) == 3:
                 chan = socket.socket(fileno=fds[0])
-                pid = msg.get("pid")
-                if self.mode == "userns":
-                    # The zygote is the init of its own PID namespace and reports pids of
-                    # that namespace; the monitor's own view of the child is in the pidfd.
-                    pid = _host_pid(fds[2])
-                child = _Child(msg["cid"], chan, fds[1], fds[2], pid)
+                child = _Child(msg["cid"], chan, fds[1], fds[2], msg.get("pid"))
                 if msg.get("extra"):
                     self._extras_due = max(0, self._extras_due - 1)
                     if len(self._ready) >= self._waiting:

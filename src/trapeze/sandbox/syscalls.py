@@ -172,6 +172,19 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
     _check(_syscall(SYS_pidfd_send_signal, pidfd, sig, None, 0))
 
 
+def pidfd_host_pid(pidfd: int) -> int | None:
+    """The pid of the process behind `pidfd` in the PID namespace of the /proc we see (the
+    host's, for a process that made itself the init of a new PID namespace but kept /proc)."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}") as fh:
+            for line in fh:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 

@@ -329,7 +329,8 @@ def main() -> None:
     recent: dict[int, tuple[int, int, float]] = {}  # cid -> (code, signal, cpu), bounded
     asked: set[int] = set()  # cids the monitor asked about before they were reaped
     next_cid = 1
-    pending: list[bool] = []  # children to fork: replace-on-exit flag of each
+    # Children to fork: pool children (replaced when they exit) and one-off extras.
+    pool_pending = extras_pending = 0
     pool = 0
     sel = selectors.DefaultSelector()
     sel.register(ctrl, selectors.EVENT_READ)
@@ -359,8 +360,13 @@ def main() -> None:
     while True:
         # One fork per turn, then the control socket: a cancel must reach the extras still
         # pending before they are all forked.
-        if pending and free_slots:
-            replace = pending.pop()
+        if (pool_pending or extras_pending) and free_slots:
+            # Extras first: a caller is waiting for each.
+            replace = not extras_pending
+            if replace:
+                pool_pending -= 1
+            else:
+                extras_pending -= 1
             index = free_slots.pop()
             if mode == MODE_NONE:
                 slot = Slot(index, uid_base + index)
@@ -378,7 +384,10 @@ def main() -> None:
                 sel.close()
                 _child(plan, slot, child_end.fileno(), log_w, modules)
             pidfd = os.pidfd_open(pid)
-            _send(ctrl, {"t": "ready", "cid": cid, "pid": pid, "extra": not replace},
+            # As the init of our own PID namespace (user-namespace mode), tell the monitor the
+            # pid its namespace gives the child (read here, off the invocation path).
+            shown = (sc.pidfd_host_pid(pidfd) or pid) if mode == MODE_USERNS else pid
+            _send(ctrl, {"t": "ready", "cid": cid, "pid": shown, "extra": not replace},
                   [parent_end.fileno(), log_r, pidfd])
             parent_end.close()
             child_end.close()
@@ -386,7 +395,8 @@ def main() -> None:
             os.close(log_w)
             children[pidfd] = (cid, index, pid, replace)
             sel.register(pidfd, selectors.EVENT_READ)
-        for key, _ in sel.select(0 if pending and free_slots else None):
+        more = (pool_pending or extras_pending) and free_slots
+        for key, _ in sel.select(0 if more else None):
             if key.fileobj is ctrl:
                 try:
                     data = ctrl.recv(CONTROL_MAX)
@@ -400,19 +410,14 @@ def main() -> None:
                     # Grow to the new pool size now; shrink as pool children exit.
                     grow = int(msg["n"]) - pool
                     pool = int(msg["n"])
-                    pending.extend([True] * max(0, grow))
+                    pool_pending += max(0, grow)
                 elif op == "spawn":
-                    pending.extend([False] * int(msg["n"]))
+                    extras_pending += int(msg["n"])
                 elif op == "cancel":
-                    # Drop up to n extras not forked yet (pool entries stay).
+                    # Drop up to n extras not forked yet (pool children stay).
                     to_drop = int(msg["n"])
-                    dropped = 0
-                    for i in range(len(pending) - 1, -1, -1):
-                        if dropped == to_drop:
-                            break
-                        if not pending[i]:
-                            del pending[i]
-                            dropped += 1
+                    dropped = min(to_drop, extras_pending)
+                    extras_pending -= dropped
                     _send(ctrl, {"t": "cancelled", "asked": to_drop, "dropped": dropped})
                 elif op == "status":
                     cid = int(msg["cid"])
@@ -454,8 +459,8 @@ def main() -> None:
             free_slots.append(index)
             # Replace a pool child after its invocation (not while it runs), unless the
             # pool has shrunk since.
-            if replace and pool > sum(c[3] for c in children.values()) + pending.count(True):
-                pending.append(True)
+            if replace and pool > sum(c[3] for c in children.values()) + pool_pending:
+                pool_pending += 1
 
 
 def _thread_count() -> int:
