@@ -42,12 +42,12 @@ def test_system_tables_and_engine_share_the_files_lock(tmp_path: Path) -> None:
 
 def test_reentrant_and_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
     lock = WriterLock(str(tmp_path / "x.db"), 0.2)
-    with lock.held(), lock.held():  # the same thread again: no deadlock
+    with lock, lock:  # the same thread again: no deadlock
         failed: list[BaseException] = []
 
         def other() -> None:
             try:
-                with lock.held():
+                with lock:
                     pass
             except sqlite3.OperationalError as exc:
                 failed.append(exc)
@@ -56,7 +56,7 @@ def test_reentrant_and_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
         t.start()
         t.join(5)
     assert len(failed) == 1 and "database is locked" in str(failed[0])
-    with lock.held():  # released by the holder: free again
+    with lock:  # released by the holder: free again
         pass
 
 
@@ -95,3 +95,21 @@ def test_writes_from_many_threads_all_land(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", ["", ":memory:"])
 def test_in_memory_databases_get_their_own_lock(path: str) -> None:
     assert WriterLock(path, 1.0)._lock is not WriterLock(path, 1.0)._lock
+
+
+def test_transaction_commits_or_rolls_back(tmp_path: Path) -> None:
+    db = str(tmp_path / "t.db")
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE t (v INTEGER)")
+    lock = WriterLock(db, 1.0)
+    with lock.transaction(conn):
+        conn.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(RuntimeError), lock.transaction(conn):
+        conn.execute("INSERT INTO t VALUES (2)")
+        raise RuntimeError("the write fails half way")
+    with lock.transaction(conn):  # a body that rolled back itself leaves nothing to commit
+        conn.execute("INSERT INTO t VALUES (3)")
+        conn.execute("ROLLBACK")
+    assert conn.execute("SELECT v FROM t").fetchall() == [(1,)]
+    assert not conn.in_transaction and lock._lock.acquire(blocking=False)
+    lock._lock.release()

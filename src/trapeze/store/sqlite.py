@@ -559,15 +559,8 @@ class SqliteFacetedStore(FacetedStore):
         self._why = threading.local()
         self._conns = _Connections(config, setup)
         self._wlock = WriterLock(config.path, config.busy_timeout_ms / 1000)
-        conn = self._conns.get()
-        with self._wlock:
-            _begin_immediate(conn)
-            try:
-                _ensure_schema(conn, config.path)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._wlock.transaction(self._conns.get()) as conn:
+            _ensure_schema(conn, config.path)
         self._load_labels()
         self.system = SystemTables(self._conns.get, lattice, self._wlock)
 
@@ -918,16 +911,9 @@ class SqlitePlainStore(PlainStore):
         self._conns = _Connections(config, lambda conn: None)
         # The same per-file writer queue as the faceted store (sqlite_writer.py).
         self._wlock = WriterLock(config.path, config.busy_timeout_ms / 1000)
-        conn = self._conns.get()
-        with self._wlock:
-            _begin_immediate(conn)
-            try:
-                for stmt in _split_script(_PLAIN_SCHEMA):
-                    conn.execute(stmt)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._wlock.transaction(self._conns.get()) as conn:
+            for stmt in _split_script(_PLAIN_SCHEMA):
+                conn.execute(stmt)
         self.system = SystemTables(self._conns.get, None, self._wlock)
 
     def __repr__(self) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _locks: dict[str, threading.RLock] = {}
 _registry = threading.Lock()
@@ -34,10 +36,24 @@ class WriterLock:
             self._lock = _locks.setdefault(key, threading.RLock())
         self._timeout_s = timeout_s
 
-    def held(self) -> WriterLock:
-        """`with lock.held():` — the lock is its own context manager (no generator: this
-        is on every write's path)."""
-        return self
+    # `with lock:` — the lock is its own context manager (no generator: a single-statement
+    # write takes it on every call).
+
+    @contextmanager
+    def transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """`with lock.transaction(conn):` the lock, then BEGIN IMMEDIATE on `conn`; COMMIT
+        at the end, ROLLBACK on an exception. A body that rolls back itself (a conditional
+        write that found another value) leaves nothing to commit."""
+        with self:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            if conn.in_transaction:
+                conn.execute("COMMIT")
 
     def __enter__(self) -> None:
         if not self._lock.acquire(timeout=self._timeout_s):

@@ -108,16 +108,9 @@ class SystemTables:
         self._conn = conn
         self._lattice = lattice
         self._writer = writer
-        c = conn()
-        with self._writer.held():
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in _SCHEMA:
-                    c.execute(stmt)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+        with self._writer.transaction(conn()) as c:
+            for stmt in _SCHEMA:
+                c.execute(stmt)
 
     # ------------------------------------------------------------------ principals
     def add_principal(self, pid: str, clearance: str, *, replace: bool = False) -> Principal:
@@ -128,7 +121,7 @@ class SystemTables:
         now = time.time()
         verb = "INSERT OR REPLACE" if replace else "INSERT"
         try:
-            with self._writer.held():
+            with self._writer:
                 self._conn().execute(
                     f"{verb} INTO sys_principals (id, clearance, created) VALUES (?, ?, ?)",
                     (pid, clearance, now),
@@ -150,16 +143,9 @@ class SystemTables:
         return [Principal(*r) for r in rows]
 
     def remove_principal(self, pid: str) -> bool:
-        c = self._conn()
-        with self._writer.held():
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.execute("DELETE FROM sys_tokens WHERE principal = ?", (pid,))
-                n = c.execute("DELETE FROM sys_principals WHERE id = ?", (pid,)).rowcount
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+        with self._writer.transaction(self._conn()) as c:
+            c.execute("DELETE FROM sys_tokens WHERE principal = ?", (pid,))
+            n = c.execute("DELETE FROM sys_principals WHERE id = ?", (pid,)).rowcount
         return n > 0
 
     # ------------------------------------------------------------------ tokens
@@ -172,7 +158,7 @@ class SystemTables:
     def add_token_hash(self, digest: str, principal: str, *, expires: float | None = None) -> None:
         if self.get_principal(principal) is None:
             raise InvalidArgument(f"unknown principal {principal!r}")
-        with self._writer.held():
+        with self._writer:
             self._conn().execute(
                 "INSERT INTO sys_tokens (hash, principal, created, expires) VALUES (?, ?, ?, ?)",
                 (digest, principal, time.time(), expires),
@@ -195,7 +181,7 @@ class SystemTables:
         return "ok", Principal(pid, clearance, created)
 
     def revoke_tokens(self, principal: str) -> int:
-        with self._writer.held():
+        with self._writer:
             return self._conn().execute(
                 "DELETE FROM sys_tokens WHERE principal = ?", (principal,)
             ).rowcount
@@ -211,7 +197,7 @@ class SystemTables:
         detail: dict[str, Any] | None = None,
     ) -> int:
         text = json.dumps(detail or {}, sort_keys=True, default=repr)
-        with self._writer.held():
+        with self._writer:
             rows = self._conn().execute(
                 "INSERT INTO sys_audit (time, kind, function, request_id, label, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
@@ -236,7 +222,7 @@ class SystemTables:
 
     # ------------------------------------------------------------------ invocation logs
     def append_log(self, function: str, request_id: str, label: str, text: str) -> int:
-        with self._writer.held():
+        with self._writer:
             rows = self._conn().execute(
                 "INSERT INTO sys_logs (time, function, request_id, label, text) "
                 "VALUES (?, ?, ?, ?, ?) RETURNING seq",

@@ -210,7 +210,7 @@ class SqliteEngineDB(EngineDB):
         self._claims_lock = threading.Lock()
         # Autocommit DDL: each CREATE ... IF NOT EXISTS takes the write lock on its own, so
         # two processes opening the same file at once both end up with the same schema.
-        with self._writer.held():
+        with self._writer:
             self._conn().executescript(_SCHEMA)
 
     @classmethod
@@ -235,15 +235,8 @@ class SqliteEngineDB(EngineDB):
     def _write(self, fence: str | None = None) -> Iterator[sqlite3.Connection]:
         if fence is not None:
             self._fence(fence)
-        conn = self._conn()
-        with self._writer.held():
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._writer.transaction(self._conn()) as conn:
+            yield conn
 
     def _read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         return self._conn().execute(sql, params).fetchall()
