@@ -402,8 +402,9 @@ class World:
             if not part.startswith(gen + "."):
                 base[lab] = max(base.get(lab, 0), n)
         trace.stream = self.run_records(everything, gen, base)
-        mine = {e["executionArn"] for e in self.executions("top")} - self._old_executions
-        trace.workflows = self.run_executions(self.executions("top"), gen, mine)
+        listing = self.executions("top")
+        mine = {e["executionArn"] for e in listing} - self._old_executions
+        trace.workflows = self.run_executions(listing, gen, mine)
         for obs in observers:
             trace.views[obs] = self.view(obs, ns)
             trace.views[obs]["stream"] = self.run_records(self.stream_tail(obs), gen, base)
