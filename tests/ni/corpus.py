@@ -83,6 +83,10 @@ CORPUS = {
          "f1": Program((If(0, (WfStart(Lit(2), "n0", 1, True),), ()),), None, Return(Lit(0))),
          "f2": _RET, "f3": _RET},
         _SEED, (Request("f1", "high", 0, 1), Request("f0", "low", 0, 0)), "low", False),
+    # a low start of an execution that rises to high and reads the workflow's secret there
+    # (5 in world A, 7 in world B): 1 + 5 fails it, 1 + 7 does not; low must see it running
+    "workflow outcome above its start": _case(
+        Program((WfStart(Lit(1), None, 0, True),), None, Return(Lit(0))), "low"),
     # raise, read the secret, start an execution with it "at the current label"
     "workflow after raise": _case(
         Program((*_READ_SECRET, WfStart(Reg(0), None, 1, True)), None, Return(Lit(0))), "low"),
@@ -93,6 +97,7 @@ CORPUS = {
 # check (test_noninterference.REQUIRED) happen in every run, so that the check does not
 # depend on what the random search of that run happened to draw. f0 (at low) scans, lists
 # facets, reads its label, invokes f2 (which spins past its timeout), sends an email, then
+# starts two executions (one rises to high and fails, one succeeds where it started), then
 # raises to high and is refused a low email and a low stream record, starts the workflow
 # twice under one name (the second start fails: the name is taken), and ends by starting
 # f3 asynchronously (which crashes, and is retried); f1 fails.
@@ -100,7 +105,9 @@ COVERAGE_CASE = Case(
     {
         "f0": Program((Scan("t0", 1), Facets("t0", "k0", 2), CurLabel(0),
                        Invoke("f2", Lit(1), 1, True, False),
-                       Send("mail_low", Lit(2), 1, True), Raise("high", True),
+                       Send("mail_low", Lit(2), 1, True),
+                       WfStart(Lit(1), None, 1, True), WfStart(Lit(2), None, 1, True),
+                       Raise("high", True),
                        Send("mail_low", Lit(3), 2, True),
                        StreamPut("p0", Lit(4), "low", 1, True),
                        WfStart(Lit(7), "n0", 1, True), WfStart(Lit(8), "n0", 2, True)),

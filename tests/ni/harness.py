@@ -38,6 +38,7 @@ from ni.lang import (
     TABLES,
     TIMEOUTS,
     WF_DEFINITION,
+    WF_SECRET,
     WF_TASK,
     WF_TASK_SOURCE,
     WORKFLOW,
@@ -353,8 +354,9 @@ class World:
         self.quiesce()
         self.window()  # start from a clean window
         trace = Trace()
-        for s in case.seed:
-            self.rt.view(s.label).put(ns[s.t], s.k, seed_value(case, s, self.name))
+        for s in (*case.seed, WF_SECRET):
+            table = ns.get(s.t) or table_name(gen, s.t)
+            self.rt.view(s.label).put(table, s.k, seed_value(case, s, self.name))
         assert self.rt.engines is not None
         for r in case.records:
             self.rt.engines.streams.put(STREAM, {"v": record_value(case, r, self.name)},
@@ -405,6 +407,10 @@ class World:
         listing = self.executions("top")
         mine = {e["executionArn"] for e in listing} - self._old_executions
         trace.workflows = self.run_executions(listing, gen, mine)
+        for _name, start, status, _output, end in trace.workflows:
+            self._count(f"workflow: {status.lower()}")
+            if end != start:
+                self._count("workflow: label rose")
         for obs in observers:
             trace.views[obs] = self.view(obs, ns)
             trace.views[obs]["stream"] = self.run_records(self.stream_tail(obs), gen, base)
@@ -431,7 +437,7 @@ class World:
                 continue
             name = e["name"][len(prefix):] if e["name"].startswith(prefix) else "<auto>"
             output = e["output"].get("v") if isinstance(e["output"], dict) else e["output"]
-            out.append((name, e["startLabel"], e["status"], output))
+            out.append((name, e["startLabel"], e["status"], output, e["label"]))
         return out
 
     def stream_tail(self, label: str) -> list[Record]:

@@ -31,6 +31,7 @@ from ni.lang import (
     ENTRY,
     KEYS,
     TABLES,
+    WF_SECRET,
     WF_TASK,
     Case,
     CondPut,
@@ -147,6 +148,8 @@ class Interpreter:
         self.final_label = ""  # the label the last finished invocation ended at
         self.trace = Trace()
         self.counts: dict[str, int] = {}  # stream records put so far, per label
+        # The only facet of the workflow's table (written by the harness, read by its task).
+        self.wf_secret = seed_value(case, WF_SECRET, world)
 
     # ------------------------------------------------------------------ running requests
     def run(self) -> Trace:
@@ -321,9 +324,27 @@ class Interpreter:
         if s.name is not None and any(e[0] == s.name and flows(e[1], inv.label)
                                       for e in self.trace.workflows):
             raise GuestError("AlreadyExists")
-        self.trace.workflows.append((name, inv.label, "SUCCEEDED", v))
-        self.window.logs.append((WF_TASK, inv.label, wf_task_line(v)))
+        start = inv.label
+        end, status, output = self.wf_outcome(v, start)
+        if end != start:
+            self.window.audit.append(("raise", WF_TASK, end))
+        self.trace.workflows.append((name, start, status, output, end))
+        # The task's log is kept at the label its invocation ended at.
+        self.window.logs.append((WF_TASK, end, wf_task_line(v)))
         regs[s.dst] = 1
+
+    def wf_outcome(self, v: int, start: str) -> tuple[str, str, int | None]:
+        """What the task and the Choice make of an execution started at `start` with `v`
+        (lang.WF_TASK_SOURCE, WF_DEFINITION): its end label, status and output value."""
+        end = start
+        if v % 2:
+            if start not in ("high", "top"):
+                end = "high"
+            secret = self.wf_secret if flows(WF_SECRET.label, end) else 0
+            v = (v + secret) % nilib.MOD
+        if v % 3 == 0:
+            return end, "FAILED", None
+        return end, "SUCCEEDED", v
 
     def sync_invoke(self, inv: Inv, slot: str, v: int, regs: list[int], dst: int) -> None:
         status, value, _ = self.invoke(slot, v, inv.label, inv.label)

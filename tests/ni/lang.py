@@ -22,12 +22,17 @@ consumer, `c0`, is not generated: it prints one line per record it gets (partiti
 the record's own label), so what a consumer at label L saw is in a log at L, whatever the
 batching.
 
-Workflow starts go to the app's one workflow, `w0`: a single Task state whose function,
-`wt`, is not generated either: it prints the execution's input (`w` and the value) and
-returns it. An execution is started at the current label, unnamed or named `n0`/`n1` (per
-run); a name already taken by an execution visible at the starter's label fails with
-AlreadyExists. Every execution visible at the observer is observed as (name, start label,
-status, output) through the platform's own listing.
+Workflow starts go to the app's one workflow, `w0`: a Task state whose function, `wt`, is
+not generated either, then a Choice between Fail and Succeed. The task prints the execution's
+input (`w` and the value); for an odd value it raises to `high` (unless it runs at `high` or
+`top` already) and adds the workflow's secret (a facet at `high` of a table only the harness
+writes, different in the two worlds when the observer is below `high`); it returns the sum,
+and the Choice fails the execution when that is a multiple of 3. So an execution's label may
+rise, and its status and output then depend on data above its start label. An execution is
+started at the current label, unnamed or named `n0`/`n1` (per run); a name already taken by an
+execution visible at the starter's label fails with AlreadyExists. Every execution visible at
+the observer is observed as (name, start label, status, output, label) through the
+platform's own listing.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ ENTRY, CALLEE, ASYNC = ("f0", "f1"), "f2", "f3"
 STREAM, CONSUMER = "s0", "c0"
 WORKFLOW, WF_TASK = "w0", "wt"
 WF_NAMES = ("n0", "n1")
+WF_TABLE = "tw"  # read by the workflow's task only; the harness writes its one facet
 PARTITIONS = ("p0", "p1")
 
 # Channels: (name, kind, bound). Email channels are told apart by their sender address,
@@ -254,6 +260,10 @@ class SeedPut:
     value_b: int  # world B: used only when the label is not ⊑ the observer
 
 
+# The workflow's secret: what its task reads after raising to high (see WF_TASK_SOURCE).
+WF_SECRET = SeedPut(WF_TABLE, "k0", "high", 5, 7)
+
+
 @dataclass(frozen=True)
 class SeedRecord:
     part: str
@@ -357,7 +367,7 @@ def _stmt(s: Stmt, ind: str) -> list[str]:
         name = "None" if s.name is None else f"GEN + {'.' + s.name!r}"
         return guarded([f"v = {_expr(s.e)}",
                         f"workflows.start({WORKFLOW!r}, name={name}, "
-                        "input={'v': v, 'gen': GEN})",
+                        "input={'v': v, 'gen': GEN, 't': TW})",
                         f"r[{s.dst}] = 1"],
                        s.catch, f"r[{s.dst}] = errcode(exc)")
     if isinstance(s, Invoke):
@@ -412,6 +422,7 @@ def compile_program(p: Program, gen: str) -> str:
         "from trapeze.guest import _runtime, channels, http, kv, label, streams, workflows",
         f"GEN = {gen!r}",
         f"T = {tables!r}",
+        f"TW = {table_name(gen, WF_TABLE)!r}",
         "URL = {'web_low': os.environ.get('NI_WEB', '') + 'low/',",
         "       'web_mida': os.environ.get('NI_WEB', '') + 'mida/'}",
         "",
@@ -442,14 +453,29 @@ def handler(event, context):
 """
 
 
-# The workflow's one task (fixed code, written once per world): what it was started with.
-WF_TASK_SOURCE = """\
+# The workflow's task (fixed code, written once per world). An odd value raises the
+# execution to high (the label every later state runs at) and adds the secret read there, so
+# the execution's status and output are data of its end label.
+WF_TASK_SOURCE = NILIB_SOURCE + """
+from trapeze.guest import kv, label
+
+
 def handler(event, context):
-    print("w", event["v"], flush=True)
-    return {"v": event["v"]}
+    v = num(event["v"])
+    print("w", v, flush=True)
+    if v % 2:
+        if label.current() not in ("high", "top"):
+            label.raise_to("high")
+        v = (v + num(kv.get(event["t"], "k0"))) % MOD
+    return {"v": v, "bad": v % 3 == 0}
 """
-WF_DEFINITION = json.dumps(
-    {"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": WF_TASK, "End": True}}})
+WF_DEFINITION = json.dumps({"StartAt": "T", "States": {
+    "T": {"Type": "Task", "Resource": WF_TASK, "Next": "C"},
+    "C": {"Type": "Choice", "Default": "S",
+          "Choices": [{"Variable": "$.bad", "BooleanEquals": True, "Next": "F"}]},
+    "F": {"Type": "Fail", "Error": "Bad", "Cause": "a multiple of 3"},
+    "S": {"Type": "Succeed"},
+}})
 
 
 def wf_task_line(value: int) -> str:

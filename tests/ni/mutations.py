@@ -43,6 +43,7 @@ _target_label = Monitor._target_label
 _batch = StreamEngine._batch
 _wf_start = WorkflowEngine.start
 _wf_list = WorkflowEngine.list
+_wf_view = WorkflowEngine._view
 
 Patches = dict[tuple[type, str], Callable[..., Any]]
 
@@ -228,6 +229,14 @@ def _workflow_list_ignores_labels() -> Patches:
     return {(WorkflowEngine, "list"): list_}
 
 
+def _workflow_outcome_ignores_label() -> Patches:
+    def view(self: WorkflowEngine, row: dict[str, Any], viewer: str) -> Any:
+        # Whoever may list an execution sees how it ended, whatever label it ended at.
+        return _wf_view(self, row, self.lattice.top)
+
+    return {(WorkflowEngine, "_view"): view}
+
+
 # ----------------------------------------------------------------------------- catalogue
 @dataclass(frozen=True)
 class Mutation:
@@ -271,4 +280,7 @@ CATALOGUE = (
              _workflow_name_clash_any_label, "noninterference"),
     Mutation("workflow_list_ignores_labels", "the execution listing shows every execution, "
              "whatever the viewer's label", _workflow_list_ignores_labels, "noninterference"),
+    Mutation("workflow_outcome_ignores_label", "an execution's status and output are shown to "
+             "every viewer who may list it, also when its label rose above theirs",
+             _workflow_outcome_ignores_label, "noninterference"),
 )

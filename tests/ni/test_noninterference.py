@@ -44,6 +44,7 @@ REQUIRED = [
     "op error: channel.send -> FlowError", "op error: functions.invoke -> InvocationError",
     "op error: streams.put -> FlowError", "op: workflows.start",
     "op error: workflows.start -> ExecutionAlreadyExists",
+    "workflow: succeeded", "workflow: failed", "workflow: label rose",
     "outcome: returned", "outcome: raised", "outcome: timed out", "outcome: crashed",
     "outcome: withheld reply",
     "invocation: top-level", "invocation: sync-nested", "invocation: async",

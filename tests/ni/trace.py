@@ -22,8 +22,9 @@ Output = tuple[str, str, str]
 # A stream record: (partition, label, n, value), n its sequence number among this run's
 # records at that label (1, 2, ...): the platform's count goes on across runs.
 Record = tuple[str, str, int, Any]
-# (name, start label, status, output value) of a workflow execution
-Execution = tuple[str, str, str, Any]
+# (name, start label, status, output value, label) of a workflow execution: as the platform
+# lists it to a viewer, the label it is at, or its start label while that is hidden
+Execution = tuple[str, str, str, Any, str]
 
 
 @dataclass
@@ -105,9 +106,10 @@ def project(trace: Trace, case: Case, l: str,  # noqa: E741 - the paper's name
     if view is None:  # derive the l-view from the raw facets and records (interpreter traces)
         store = view_from_raw(trace.raw, l)
         stream = [r for r in trace.stream if flows(r[1], l)]
-        # The task never raises, so an execution ends at its start label: visible whole at
-        # l or not listed at all.
-        workflows = [e for e in trace.workflows if flows(e[1], l)]
+        # Listed when its start label flows to l; its outcome only when its end label does
+        # too, otherwise it reads as running at its start label.
+        workflows = [e if flows(e[4], l) else (e[0], e[1], "RUNNING", None, e[1])
+                     for e in trace.workflows if flows(e[1], l)]
     else:
         store = {k: view[k] for k in ("get", "facets", "scan")}
         stream = view["stream"]
