@@ -75,8 +75,16 @@ def release_image_request(value: Mapping[str, Any], info: Mapping[str, Any]) -> 
 
 
 def release_reply(value: Any, info: Mapping[str, Any]) -> Any:
-    """Replies to an invoker below the function's final label, by function."""
+    """Replies to an invoker below the function's final label, by function.
+
+    Called for every outcome of such an invocation (`info["status"]`). One that did not
+    return ("error", "timeout", "crash", or "withheld": its label rose beyond this
+    declassifier's max_label) is refused, so its caller gets the runtime's fixed refusal and
+    learns that much: one bit, released deliberately (a correct function here fails only on
+    a platform fault, and the IFC-off deployment reports failures alike). A policy that must
+    not release it answers every status with the same reply."""
     function = info.get("function")
+    _need(info.get("status", "ok") == "ok", "the function did not return a reply")
     _need(isinstance(value, Mapping), "replies are objects")
     if function == "receive":
         return _receive_reply(value)

@@ -104,9 +104,12 @@ def test_response_declassifier_suppresses_the_withheld_reply(monitor: Monitor) -
     inv = invocation("photographer:p", bound="photographer:p")
     inv.on_withheld = lambda i: fired.append(i.label)
     monitor.handle(inv, "label.raise", {"label": "owner"})  # "thanks" covers owner → bottom
-    assert fired == [] and monitor.response_declassifier(inv) is not None
-    monitor.handle(inv, "label.raise", {"label": "top"})  # above its max_label
-    assert fired == ["top"]
+    assert fired == [] and inv.reply_declassifier is not None
+    # Above its max_label: still no reply now (whether this raise happens may depend on what
+    # the function read at owner); the declassifier decides at the end, told only that the
+    # invocation escaped from owner.
+    monitor.handle(inv, "label.raise", {"label": "top"})
+    assert fired == [] and not inv.withheld and inv.escaped_at == "owner"
 
 
 def test_channel_output_checked_against_its_bound(monitor: Monitor) -> None:

@@ -11,6 +11,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trapeze.monitor.monitor import Declassifier
 
 
 @dataclass
@@ -28,6 +32,13 @@ class Invocation:
     # the fixed "withheld" reply then, whatever happens afterwards.
     on_withheld: Callable[[Invocation], None] | None = None
     withheld: bool = False
+    # Set at the first raise above the response bound that a response declassifier covers:
+    # from then on the reply is whatever that declassifier makes of the invocation's outcome
+    # (every outcome, not only a returned value), never the "withheld" reply at a later raise.
+    reply_declassifier: Declassifier | None = None
+    # The label a raise beyond the declassifier's max_label was decided at (None: no such
+    # raise). The declassifier is then told only that much: status "withheld", at this label.
+    escaped_at: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def context_for_guest(self) -> dict[str, object]:

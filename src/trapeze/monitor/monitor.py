@@ -220,11 +220,18 @@ class Monitor:
             inv.history.append(old)
             inv.label = new
             self.audit.record("raise", inv, {"from": old, "to": new})
-            fire = (
-                not inv.withheld
-                and not self.lattice.flows(new, inv.response_bound)
-                and self.response_declassifier(inv) is None
-            )
+            fire = False
+            if not inv.withheld and not self.lattice.flows(new, inv.response_bound):
+                d = inv.reply_declassifier
+                if d is None:
+                    d = inv.reply_declassifier = self.response_declassifier(inv)
+                    fire = d is None
+                elif inv.escaped_at is None and not self.lattice.flows(new, d.max_label):
+                    # Beyond the declassifier's reach. Withholding now would tell the invoker
+                    # that this raise happened, a decision made after reading data above the
+                    # bound: the reply waits for the end, and the declassifier decides it
+                    # knowing only that the invocation escaped, at the label it did so from.
+                    inv.escaped_at = old
             if fire:
                 inv.withheld = True
         if fire and inv.on_withheld is not None:
@@ -243,14 +250,19 @@ class Monitor:
                 return d
         return None
 
-    def declassify(self, inv: Invocation, d: Declassifier, channel: str, payload: Any) -> Any:
+    def declassify(self, inv: Invocation, d: Declassifier, channel: str, payload: Any, *,
+                   status: str = "ok", label: str | None = None) -> Any:
+        """Run declassifier `d` on `payload`. `status` (responses only): the invocation's
+        outcome, "ok", "error", "timeout", "crash" or "withheld" (the payload is None unless
+        "ok"); `label`: the label the payload is data of, if not the current one."""
         info = {
             "function": inv.function,
             "principal": inv.principal,
             "request_id": inv.request_id,
-            "label": inv.label,
+            "label": label or inv.label,
             "history": list(inv.history),
             "channel": channel,
+            "status": status,
         }
         try:
             out = d.transform(payload, info)
@@ -259,7 +271,8 @@ class Monitor:
                                                "reason": type(e).__name__})
             raise FlowError(f"declassifier {d.name!r} refused the output to {channel!r}") from None
         self.audit.record("declassify", inv, {"channel": channel, "declassifier": d.name,
-                                              "from": inv.label, "to": d.bound})
+                                              "from": label or inv.label, "to": d.bound,
+                                              "status": status})
         return out
 
     # ------------------------------------------------------------------ outputs

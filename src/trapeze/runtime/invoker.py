@@ -54,6 +54,17 @@ class Outcome(Protocol):
     duration_s: float
 
 
+@dataclass
+class _Failure:
+    """An outcome the runtime makes up when it failed itself (see _internal_error_reply)."""
+
+    status: str
+    value: Any = None
+    error: str | None = None
+    log: str = ""
+    duration_s: float = 0.0
+
+
 class Runner(Protocol):
     """A sandbox (or the baseline's warm worker) for one function."""
 
@@ -215,10 +226,7 @@ class Invoker:
         except BaseException as e:  # never leave an invoker waiting forever
             log.exception("invocation %s failed inside the runtime", inv.request_id)
             if not response.done():
-                response.set_result(InvocationResult(
-                    "error", error=f"internal error ({type(e).__name__})",
-                    request_id=inv.request_id,
-                ))
+                response.set_result(self._internal_error_reply(inv, e))
         finally:
             with self._idle:
                 self._inflight -= 1
@@ -245,20 +253,43 @@ class Invoker:
                                  {"reason": outcome.error or ""})
         return self._reply(inv, outcome)
 
+    def _internal_error_reply(self, inv: Invocation, exc: BaseException) -> InvocationResult:
+        """The reply when the runtime itself failed while running `inv`: the same rules as
+        for a function that failed at the label it had reached (an engine reading a reply
+        without a label would otherwise take it for a failure at the label it started at)."""
+        failed = _Failure("error", error=f"internal error ({type(exc).__name__})")
+        try:
+            return self._reply(inv, failed)
+        except Exception:
+            log.exception("reply to %s", inv.request_id)
+            if self.monitor.lattice.flows(inv.label, inv.response_bound):
+                return InvocationResult("error", error=failed.error, request_id=inv.request_id,
+                                        label=inv.label)
+            return InvocationResult("withheld", error=WITHHELD_MESSAGE,
+                                    request_id=inv.request_id)
+
     def _reply(self, inv: Invocation, outcome: Outcome) -> InvocationResult:
         """The reply to the invoker, given the final label (DESIGN §6)."""
         rid = inv.request_id
         visible = self.monitor.lattice.flows(inv.label, inv.response_bound)
         if not visible:
-            declassifier = self.monitor.response_declassifier(inv)
+            declassifier = inv.reply_declassifier
             if declassifier is None:
                 return InvocationResult("withheld", error=WITHHELD_MESSAGE, request_id=rid)
-            if outcome.status != "ok":
-                # The declassifier is declared for values; failure details stay at the label.
-                return InvocationResult("error", error="the invocation failed",
-                                        request_id=rid)
+            # The label rose above the bound under a response declassifier: every outcome
+            # goes through it, so that whether the function returned, failed, timed out,
+            # crashed or escaped beyond the declassifier's max_label after reading data
+            # above the bound reaches the invoker only as the declassifier decides.
+            if inv.escaped_at is not None:
+                status, payload, at = "withheld", None, inv.escaped_at
+            else:
+                status = outcome.status if outcome.status in ("ok", "timeout") else (
+                    "crash" if outcome.status in ("crash", "eof", "protocol") else "error")
+                payload = outcome.value if status == "ok" else None
+                at = inv.label
             try:
-                value = self.monitor.declassify(inv, declassifier, "response", outcome.value)
+                value = self.monitor.declassify(inv, declassifier, "response", payload,
+                                                status=status, label=at)
             except FlowError as e:  # audited by the monitor; the refusal is the declared flow
                 return InvocationResult("error", error=str(e), request_id=rid)
             return InvocationResult("ok", value=value, request_id=rid)
