@@ -169,20 +169,28 @@ class Invoker:
         if not self._overall.enter(timeout=30.0):
             return InvocationResult("refused", error="busy: the overall queue is full",
                                     request_id=request_id)
-        try:
-            if not fn_adm.enter(timeout=30.0):
-                return InvocationResult(
-                    "refused", error=f"busy: the queue of {function!r} is full",
-                    request_id=request_id,
-                )
-            try:
-                inv = self._new_invocation(function, label, response_bound or label, principal,
-                                           request_id=request_id)
-                return self._start(inv, event).result()
-            finally:
-                fn_adm.leave()
-        finally:
+        if not fn_adm.enter(timeout=30.0):
             self._overall.leave()
+            return InvocationResult(
+                "refused", error=f"busy: the queue of {function!r} is full",
+                request_id=request_id,
+            )
+
+        # The invocation holds its admission until its body ends, not until its reply: a
+        # withheld reply comes at the raise and the body runs on detached, and those bodies
+        # must count against the function's and the runtime's concurrency like any other.
+        def release() -> None:
+            fn_adm.leave()
+            self._overall.leave()
+
+        try:
+            inv = self._new_invocation(function, label, response_bound or label, principal,
+                                       request_id=request_id)
+            response = self._start(inv, event, on_done=release)
+        except BaseException:
+            release()
+            raise
+        return response.result()
 
     def _new_invocation(
         self, function: str, label: str, bound: str, principal: str | None, *,
@@ -199,7 +207,8 @@ class Invoker:
             depth=parent.depth + 1 if parent else 0,
         )
 
-    def _start(self, inv: Invocation, event: Any) -> Future[InvocationResult]:
+    def _start(self, inv: Invocation, event: Any,
+               on_done: Callable[[], None] | None = None) -> Future[InvocationResult]:
         """Run `inv` on a pool thread; the future resolves with the invoker's reply.
 
         The reply is the withheld one as soon as the label rises above the response bound;
@@ -215,10 +224,17 @@ class Invoker:
         inv.on_withheld = withhold
         with self._idle:
             self._inflight += 1
-        self._pool.submit(self._body, inv, event, response)
+        try:
+            self._pool.submit(self._body, inv, event, response, on_done)
+        except BaseException:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+            raise
         return response
 
-    def _body(self, inv: Invocation, event: Any, response: Future[InvocationResult]) -> None:
+    def _body(self, inv: Invocation, event: Any, response: Future[InvocationResult],
+              on_done: Callable[[], None] | None = None) -> None:
         try:
             result = self._execute(inv, event)
             if not response.done():
@@ -228,6 +244,8 @@ class Invoker:
             if not response.done():
                 response.set_result(self._internal_error_reply(inv, e))
         finally:
+            if on_done is not None:
+                on_done()
             with self._idle:
                 self._inflight -= 1
                 self._idle.notify_all()
