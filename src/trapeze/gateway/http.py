@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import anyio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -23,6 +23,9 @@ from trapeze.gateway.auth import Authenticator, AuthError, Caller, strip_credent
 from trapeze.runtime.invoker import InvocationResult
 
 ADMIN_PREFIX = "/_trapeze"
+# How long a client may take to send a request body, in seconds (then 408). Read when the app
+# is built.
+BODY_READ_TIMEOUT = 10.0
 # Headers that frame the HTTP message: the gateway sets them, a function may not.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "upgrade",
                               "keep-alive", "trailer", "te"})
@@ -58,13 +61,23 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def connection_limit(concurrency: int, queue: int) -> int:
+    """The server's `limit_concurrency`: connections (and requests) it serves at once before
+    it answers 503 itself. Room for every admitted request, as many kept-alive idle
+    connections again, and some for health checks and refusals."""
+    return 2 * (concurrency + queue) + 128
+
+
+def _check_declared_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ValueError("invalid Content-Length")
         if int(declared) > limit:
             raise _BodyTooLarge
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -152,12 +165,16 @@ def _proxy_response(value: Mapping[str, Any], headers: dict[str, str]) -> Respon
 
 
 def build_app(backend: Backend, routes: Sequence[GatewayRoute], *, concurrency: int = 64,
-              queue: int = 256, new_request_id: Callable[[], str]) -> Starlette:
+              queue: int = 256, new_request_id: Callable[[], str],
+              body_timeout: float | None = None) -> Starlette:
     # `concurrency` threads run invocations; up to `queue` more requests wait for one as
     # coroutines (cheap), and anything beyond is answered 503 at once, so memory stays bounded
-    # however many requests arrive.
+    # however many requests arrive. A request is admitted before its body is read: only
+    # admitted requests buffer a body (each at most its route's max_body_bytes), and a body
+    # must arrive within `body_timeout` seconds (408), so slow senders cannot pin memory.
     limiter = anyio.CapacityLimiter(concurrency)
     admitted = 0
+    read_timeout = BODY_READ_TIMEOUT if body_timeout is None else body_timeout
 
     def endpoint(route: GatewayRoute) -> Callable[[Request], Any]:
         async def handle(request: Request) -> Response:
@@ -166,25 +183,38 @@ def build_app(backend: Backend, routes: Sequence[GatewayRoute], *, concurrency: 
                                                             anonymous_ok=route.anonymous)
             except AuthError as e:
                 return _error(e.status, e.reason)
+            too_large = f"request body exceeds {route.max_body_bytes} bytes"
             try:
-                body = await _read_body(request, route.max_body_bytes)
+                _check_declared_length(request, route.max_body_bytes)
             except _BodyTooLarge:
-                return _error(413, f"request body exceeds {route.max_body_bytes} bytes")
+                return _error(413, too_large)
             except ValueError as e:
                 return _error(400, str(e))
-            ctype = request.headers.get("content-type", "")
-            if body and ctype.split(";")[0].strip().lower() == "application/json":
-                try:
-                    json.loads(body)
-                except ValueError as e:
-                    return _error(400, f"malformed JSON body: {e}")
             nonlocal admitted
             if admitted >= concurrency + queue:
                 return _error(503, "busy: too many requests in flight, retry later")
-            request_id = new_request_id()
-            event = _proxy_event(request, route, body, caller, request_id)
             admitted += 1
             try:
+                try:
+                    with anyio.fail_after(read_timeout):
+                        body = await _read_body(request, route.max_body_bytes)
+                except TimeoutError:
+                    return _error(408, f"the request body did not arrive within "
+                                       f"{read_timeout:g} seconds")
+                except ClientDisconnect:  # gone: nobody reads this reply
+                    return _error(400, "the client disconnected before sending its body")
+                except _BodyTooLarge:
+                    return _error(413, too_large)
+                ctype = request.headers.get("content-type", "")
+                if body and ctype.split(";")[0].strip().lower() == "application/json":
+                    try:
+                        json.loads(body)
+                    except ValueError as e:
+                        return _error(400, f"malformed JSON body: {e}")
+                    except RecursionError:
+                        return _error(400, "malformed JSON body: nested too deeply")
+                request_id = new_request_id()
+                event = _proxy_event(request, route, body, caller, request_id)
                 result = await anyio.to_thread.run_sync(
                     lambda: backend.invoke(route.function, event, label=caller.label,
                                            principal=caller.principal, request_id=request_id),

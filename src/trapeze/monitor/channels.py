@@ -4,11 +4,19 @@ The monitor has already decided that the output may leave (current ⊑ bound, or
 applied). These classes only make sure the request stays inside what the manifest declared —
 the URL prefixes of an HTTP channel, well-formed addresses for email — and bound what comes
 back (timeouts, response size).
+
+An HTTP channel keeps no state between requests that a response could set: its client stores
+no cookies (a cookie set in reply to a request at one label would otherwise be sent with a
+later request at a lower one), and a guest may not set the headers that choose the virtual
+host or frame the message (Host, Content-Length, Transfer-Encoding, hop-by-hop headers).
 """
 
 from __future__ import annotations
 
+import http.cookiejar
+import re
 import smtplib
+import urllib.request
 from collections.abc import Mapping
 from email.message import EmailMessage
 from typing import Any
@@ -19,6 +27,46 @@ from trapeze.errors import ChannelError, FlowError, InvalidArgument, LimitExceed
 from trapeze.policy.specs import ChannelSpec
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Headers the client sets from the URL and the body, and hop-by-hop headers: from a guest, Host
+# would send the request to another virtual host than the manifest's URL prefix names, and the
+# framing ones could smuggle a second request past the front end. Proxy-* are refused too.
+_REFUSED_HEADERS = frozenset({"host", "transfer-encoding", "content-length", "connection",
+                              "keep-alive", "te", "upgrade", "trailer"})
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What str.splitlines() breaks on (Python's email package refuses all of them in a header),
+# and NUL.
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029\0"
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Accept no cookie from a response and return none with a request."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+
+def _guest_headers(headers: Any) -> dict[str, str]:
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise InvalidArgument("headers must map strings to strings")
+    for k, v in headers.items():
+        name = k.lower()
+        if name in _REFUSED_HEADERS or name.startswith("proxy-"):
+            raise InvalidArgument(
+                f"header {k!r} may not be set by a function: the channel sets Host and the "
+                "framing and hop-by-hop headers itself, from the URL and the body"
+            )
+        if not _TOKEN.fullmatch(k):
+            raise InvalidArgument(f"header name {k!r} is not a valid HTTP header name")
+        if not all(c == "\t" or " " <= c <= "~" for c in v):
+            raise InvalidArgument(
+                f"header {k!r} must have a value of printable ASCII on one line"
+            )
+    return dict(headers)
 
 
 class HttpEgress:
@@ -35,9 +83,13 @@ class HttpEgress:
         # shared with `trapeze check`).
         self.allows_url = spec.allows_url
         # One pooled client for all invocations; redirects are not followed, since a redirect
-        # could lead outside the declared prefixes.
+        # could lead outside the declared prefixes. Its cookie jar refuses every cookie: the
+        # client is shared by requests at every label, so a cookie kept from one response would
+        # carry what a high-label request sent into later lower-label ones. A guest that needs
+        # a cookie sends its own Cookie header with each request.
         self._client = httpx.Client(
-            follow_redirects=False, timeout=spec.timeout, trust_env=False
+            follow_redirects=False, timeout=spec.timeout, trust_env=False,
+            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
         )
 
     def send(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,11 +99,11 @@ class HttpEgress:
             raise InvalidArgument(f"HTTP method {method!r} is not supported")
         if not isinstance(url, str) or not self.allows_url(url):
             raise FlowError(f"channel {self.name!r} does not allow {url!r}")
-        headers = request.get("headers") or {}
-        if not isinstance(headers, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise InvalidArgument("headers must map strings to strings")
+        try:
+            httpx.URL(url)
+        except httpx.InvalidURL as e:
+            raise InvalidArgument(f"invalid URL {url!r}: {e}") from None
+        headers = _guest_headers(request.get("headers") or {})
         body = request.get("body")
         if isinstance(body, str):
             body = body.encode()
@@ -63,7 +115,7 @@ class HttpEgress:
         timeout = min(float(timeout), self.timeout)
         try:
             with self._client.stream(
-                method, url, headers=dict(headers), content=body, timeout=timeout
+                method, url, headers=headers, content=body, timeout=timeout
             ) as response:
                 chunks, size = [], 0
                 for chunk in response.iter_bytes():
@@ -81,6 +133,8 @@ class HttpEgress:
                 }
         except httpx.TimeoutException:
             raise ChannelError(f"HTTP request on channel {self.name!r} timed out") from None
+        except httpx.InvalidURL as e:
+            raise InvalidArgument(f"invalid URL {url!r}: {e}") from None
         except httpx.HTTPError as e:
             raise ChannelError(
                 f"HTTP request on channel {self.name!r} failed: {type(e).__name__}"
@@ -91,7 +145,7 @@ class HttpEgress:
 
 
 def _address(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or any(c in value for c in "\r\n\0"):
+    if not isinstance(value, str) or not value or any(c in value for c in _LINE_BREAKS):
         raise InvalidArgument(f"{what} must be one email address on one line")
     return value
 
@@ -118,17 +172,24 @@ class SmtpEmail:
         subject = message.get("subject", "")
         text = message.get("text", "")
         html = message.get("html")
-        if not isinstance(subject, str) or any(c in subject for c in "\r\n"):
-            raise InvalidArgument("'subject' must be a string on one line")
+        if not isinstance(subject, str) or any(c in subject for c in _LINE_BREAKS):
+            raise InvalidArgument(
+                "'subject' must be a string on one line (no line or paragraph separators)"
+            )
         if not isinstance(text, str) or (html is not None and not isinstance(html, str)):
             raise InvalidArgument("'text' and 'html' must be strings")
         email = EmailMessage()
-        email["From"] = self.sender
-        email["To"] = ", ".join(recipients)
-        email["Subject"] = subject
-        email.set_content(text)
-        if html is not None:
-            email.add_alternative(html, subtype="html")
+        try:
+            email["From"] = self.sender
+            email["To"] = ", ".join(recipients)
+            email["Subject"] = subject
+            email.set_content(text)
+            if html is not None:
+                email.add_alternative(html, subtype="html")
+            email.as_bytes()  # what cannot be encoded (a lone surrogate) fails here, not in SMTP
+        except ValueError as e:
+            # Whatever else the email package refuses is still the guest's input.
+            raise InvalidArgument(f"the message cannot be sent as email: {e}") from None
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
                 refused = smtp.send_message(email, from_addr=self.sender, to_addrs=recipients)
