@@ -101,3 +101,16 @@ def test_descriptors_passed_by_the_child_never_land_in_the_monitor(hostile: Sand
         assert out.status == "ok" and out.value == "public", out
     # recv() without a control buffer: the kernel discards SCM_RIGHTS descriptors.
     assert _open_fds(hostile) <= before
+
+
+def test_a_frame_of_empty_lists_is_refused_before_it_costs_the_monitor_a_gigabyte(
+        hostile: Sandbox) -> None:
+    """16 MiB of one-byte empty lists decoded into 1.2 GB and 20 s of monitor CPU (review);
+    a frame may now hold one list or map per 16 bytes of its size."""
+    mon = FakeMonitor()
+    out = hostile.run({"attack": "empty_lists", "bytes": hostile.spec.max_message_bytes},
+                      {}, mon)
+    assert out.status == "protocol", out
+    assert "lists and maps" in (out.error or ""), out.error
+    assert mon.calls == []
+    _wait_gone(out.pid)  # type: ignore[arg-type]

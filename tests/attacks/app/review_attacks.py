@@ -45,5 +45,19 @@ def pass_fds(event):
     return label.current()
 
 
+def empty_lists(event):
+    """One call frame of the largest allowed size whose value is nothing but empty lists: one
+    byte each on the wire, about 64 bytes each once decoded by the monitor."""
+    n = event["bytes"] - 128
+    head = msgpack.packb({"t": "call", "id": 1, "op": "kv.put",
+                          "args": {"table": "t", "key": "k"}}, use_bin_type=True)
+    # Re-open the args map (3 entries instead of 2) and append its value: array32 of n.
+    head = head.replace(b"\x82\xa5table", b"\x83\xa5table", 1)
+    body = head + msgpack.packb("value") + b"\xdd" + struct.pack(">I", n) + b"\x90" * n
+    os.write(3, struct.pack(">I", len(body)) + body)
+    time.sleep(5)
+    return "not killed"
+
+
 def handler(event, context):
     return globals()[event["attack"]](event)
