@@ -13,8 +13,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import msgpack
 
 from trapeze.errors import FlowError, InvocationError, LimitExceeded, NotFound
 from trapeze.monitor import Invocation, Monitor
@@ -22,6 +25,8 @@ from trapeze.monitor import Invocation, Monitor
 log = logging.getLogger("trapeze.runtime")
 
 MAX_DEPTH = 8  # nested synchronous invokes; a cycle of invokes fails instead of hanging
+# Events of pending asynchronous invocations held in memory at once (msgpack size).
+MAX_PENDING_ASYNC_BYTES = 256 << 20
 
 STATUSES = ("ok", "error", "withheld", "timeout", "refused")
 
@@ -136,14 +141,30 @@ class Invoker:
         }
         # Threads run invocation bodies; admission above bounds how many are busy at once.
         # Nested invokes and detached continuations need threads beyond the admitted ones.
+        # Asynchronous invocations are driven (attempts, back-off) from a pool of their own,
+        # whose size bounds how many asynchronous bodies run at once: a driver waits for its
+        # body, and if drivers took threads of the body pool, 1,024 pending invocations could
+        # hold every thread waiting for bodies that no thread is left to run (found in review:
+        # the runtime wedged for good).
+        self._async_drivers = ThreadPoolExecutor(max_workers=concurrency,
+                                                 thread_name_prefix="trapeze-async")
         self._pool = ThreadPoolExecutor(
-            max_workers=concurrency * (MAX_DEPTH + 1) + queue, thread_name_prefix="trapeze-inv"
+            max_workers=2 * concurrency * (MAX_DEPTH + 1) + queue,
+            thread_name_prefix="trapeze-inv",
         )
         self._closed = False
         self._inflight = 0
         self._pending_async = 0
         self.executed = 0
-        self._max_pending_async = queue * 4
+        # Pending asynchronous invocations (events held in memory until they run): at most
+        # `per_label` per target label — a refusal at label L then depends only on work
+        # started at L, which only callers at labels ⊑ L can start — and at most `overall`
+        # (memory: docs/security-model.md on shared resources).
+        self._max_pending_per_label = queue * 4
+        self._max_pending_async = queue * 16
+        self._max_pending_bytes = MAX_PENDING_ASYNC_BYTES
+        self._pending_by_label: dict[str, int] = {}
+        self._pending_bytes = 0
         self._idle = threading.Condition()
 
     # ------------------------------------------------------------------ entry points
@@ -325,7 +346,13 @@ class Invoker:
         # The callee runs at the caller's current label and answers to it.
         inv = self._new_invocation(function, parent.label, parent.label, parent.principal,
                                    parent=parent)
-        result = self._start(inv, event).result()
+        # Waited for no longer than the caller may run: a caller blocked here holds a thread
+        # of the body pool, and must give it back even if its callee never got one.
+        try:
+            result = self._start(inv, event).result(timeout=parent.remaining_s())
+        except FutureTimeout:
+            raise InvocationError(
+                f"{function} did not reply before the caller's deadline") from None
         if result.status == "ok":
             return result.value
         raise InvocationError(f"{function} returned status {result.status}: {result.error}")
@@ -333,27 +360,50 @@ class Invoker:
     def invoke_async(self, parent: Invocation, function: str, event: Any, label: str) -> str:
         if function not in self.runners:
             raise NotFound(f"no function named {function!r}")
+        size = len(msgpack.packb(event, use_bin_type=True))
         with self._idle:
-            if self._pending_async >= self._max_pending_async:
-                # Bounded so that a function cannot queue unbounded work (memory).
+            at_label = self._pending_by_label.get(label, 0)
+            if at_label >= self._max_pending_per_label:
+                raise LimitExceeded(
+                    f"too many asynchronous invocations pending at label {label!r} (at most "
+                    f"{self._max_pending_per_label}); retry later"
+                )
+            if (self._pending_async >= self._max_pending_async
+                    or self._pending_bytes + size > self._max_pending_bytes):
                 raise LimitExceeded(
                     f"too many asynchronous invocations pending (at most "
-                    f"{self._max_pending_async}); retry later"
+                    f"{self._max_pending_async}, {self._max_pending_bytes >> 20} MiB of "
+                    "events); retry later"
                 )
             self._pending_async += 1
+            self._pending_by_label[label] = at_label + 1
+            self._pending_bytes += size
         request_id = uuid.uuid4().hex
-        self._pool.submit(self._run_with_retries, parent, function, event, label, request_id)
+        try:
+            self._async_drivers.submit(self._run_with_retries, parent, function, event, label,
+                                       request_id, size)
+        except BaseException:
+            self._async_done(label, size)
+            raise
         return request_id
 
+    def _async_done(self, label: str, size: int) -> None:
+        with self._idle:
+            self._pending_async -= 1
+            self._pending_bytes -= size
+            left = self._pending_by_label.pop(label) - 1
+            if left:
+                self._pending_by_label[label] = left
+            self._idle.notify_all()
+
     def _run_with_retries(self, parent: Invocation, function: str, event: Any, label: str,
-                          request_id: str) -> None:
+                          request_id: str, size: int) -> None:
         # Nobody waits for an asynchronous invocation: its bound is top, and what it returns
         # is recorded in its log at its own label. Each attempt starts afresh at `label`.
         try:
             self._attempts(parent, function, event, label, request_id)
         finally:
-            with self._idle:
-                self._pending_async -= 1
+            self._async_done(label, size)
 
     def _attempts(self, parent: Invocation, function: str, event: Any, label: str,
                   request_id: str) -> None:
@@ -415,5 +465,6 @@ class Invoker:
 
     def close(self) -> None:
         self._closed = True
+        self._async_drivers.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
