@@ -150,6 +150,9 @@ def test_invalid_orders_are_rejected_with_the_offending_labels(
         ("client:", "invalid parameter"),
         ("client:*", "invalid parameter"),
         ("client:a b", "invalid parameter"),
+        # A guest could otherwise make the store intern (and compare, per caller) labels of
+        # any length (review).
+        ("client:" + "a" * 257, "at most 256"),
     ],
 )
 def test_unknown_labels_are_named(label: str, message: str) -> None:

@@ -175,10 +175,11 @@ class Lattice:
                 return _Parsed(fam, param)
             if fam in self._families:
                 raise UnknownLabelError(
-                    f"invalid parameter in label {label!r} (family {fam!r} needs one parameter "
-                    f"of letters, digits, '-', '_', '.', '@')"
+                    f"invalid parameter in label {label!r:.80} (family {fam!r:.40} needs one "
+                    f"parameter of at most {MAX_PARAM_LENGTH} letters, digits, '-', '_', '.', "
+                    "'@')"
                 )
-            raise UnknownLabelError(f"unknown label family {fam!r} in {label!r}")
+            raise UnknownLabelError(f"unknown label family {fam!r:.40} in {label!r:.80}")
         if label in self._plain:
             return _Parsed(label, None)
         if label in self._families:
@@ -315,8 +316,13 @@ class Lattice:
         return bad
 
 
+# As long as a principal id may be (store/system.py): a family member per principal fits, and a
+# guest naming labels cannot make the store intern and compare unbounded strings.
+MAX_PARAM_LENGTH = 256
+
+
 def _valid_param(param: str) -> bool:
-    return all(c.isalnum() or c in "-_.@" for c in param)
+    return len(param) <= MAX_PARAM_LENGTH and all(c.isalnum() or c in "-_.@" for c in param)
 
 
 def _plain_mentions(diagram: Mapping[str, Sequence[str]]) -> set[str]:
