@@ -86,7 +86,7 @@ _STREAM = {
     "max_record_bytes": "262144",
 }
 _WORKFLOW = {"definition": '"workflows/NAME.json"', "start_from": '["NAME"]'}
-_LIMITS = {"concurrency": "64", "queue": "256"}
+_LIMITS = {"concurrency": "64", "queue": "256", "workflow_executions": "1000"}
 
 SECTIONS = (
     "app",
@@ -1494,6 +1494,8 @@ class _Loader:
         return LimitsSpec(
             concurrency=self.integer(tbl, at, _LIMITS, "concurrency", 1, 100000, 64),
             queue=self.integer(tbl, at, _LIMITS, "queue", 0, 1_000_000, 256),
+            workflow_executions=self.integer(tbl, at, _LIMITS, "workflow_executions", 1,
+                                             1_000_000, 1000),
         )
 
 

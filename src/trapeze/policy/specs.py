@@ -153,6 +153,8 @@ class WorkflowSpec:
 class LimitsSpec:
     concurrency: int = 64
     queue: int = 256
+    # Workflow executions running at once per label (each holds a thread in the engine).
+    workflow_executions: int = 1000
 
 
 @dataclass(frozen=True)

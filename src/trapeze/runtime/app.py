@@ -120,8 +120,10 @@ class _LogSink:
     def record_log(self, inv: Invocation, text: str) -> None:
         if text:
             # Kept at the invocation's final label: everything printed before a raise is
-            # at most as secret as that.
-            self._record(inv.function, inv.request_id, inv.label, text)
+            # at most as secret as that. A NUL (PostgreSQL refuses it in text) becomes
+            # U+FFFD, so that what a function prints never breaks the bookkeeping.
+            self._record(inv.function, inv.request_id, inv.label,
+                         text.replace("\x00", "\ufffd"))
 
 
 class Runtime:
@@ -285,7 +287,7 @@ class Runtime:
 
         import uvicorn
 
-        from trapeze.gateway.http import GatewayRoute, build_app
+        from trapeze.gateway.http import GatewayRoute, build_app, connection_limit
 
         routes = [
             GatewayRoute(r.path, r.methods, r.function, r.anonymous, r.max_body_bytes)
@@ -303,7 +305,9 @@ class Runtime:
         sock.bind((host, port))
         bound_port = sock.getsockname()[1]
         config = uvicorn.Config(asgi, log_level="warning", lifespan="off",
-                                timeout_graceful_shutdown=30, backlog=4096)
+                                timeout_graceful_shutdown=30, backlog=4096,
+                                limit_concurrency=connection_limit(m.limits.concurrency,
+                                                                   m.limits.queue))
         self._server = uvicorn.Server(config)
         self._server_thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="trapeze-http",
@@ -326,6 +330,12 @@ class Runtime:
             self._server.should_exit = True
             if self._server_thread is not None:
                 self._server_thread.join(timeout=drain_timeout)
+        if self.engines is not None:
+            # Before the invoker drains: an engine step invoked during the drain would be
+            # refused ("shutting down"). Stopped, the engines leave every batch and
+            # execution where it was last recorded, for the next start; their tables stay
+            # open for the invocations still draining (stream puts, workflow starts).
+            self.engines.stop()
         if self.invoker is not None:
             if not self.invoker.drain(drain_timeout):
                 log.warning("shutdown: invocations still running after %.0fs", drain_timeout)
@@ -354,9 +364,19 @@ class Runtime:
 
     # ------------------------------------------------------------------ the API
     def add_principal(self, principal: str, *, label: str, expires: float | None = None) -> str:
-        """Register a principal with a clearance; returns a new API token (shown once)."""
-        if self.system.get_principal(principal) is None:
+        """Register a principal with a clearance; returns a new API token (shown once).
+
+        For a principal that exists, `label` must be its clearance: a token for it carries
+        the stored clearance, never silently another one."""
+        existing = self.system.get_principal(principal)
+        if existing is None:
             self.system.add_principal(principal, label)
+        elif existing.clearance != label:
+            raise ConfigError(
+                f"principal {principal!r} already exists with clearance "
+                f"{existing.clearance!r}, not {label!r}; remove it first ('trapeze "
+                f"principal remove <app> {principal}') to give it another clearance"
+            )
         return self.system.create_token(principal, expires=expires)
 
     def clearance(self, principal: str) -> str:

@@ -16,7 +16,9 @@ partition written at one label this is plain per-partition order.
 
 Sequence numbers. The visible ``sequenceNumber`` counts records of the same stream *and
 label* (``"<n>/<label>"``), so the numbers a viewer sees never reveal how many records other
-labels put in between. The global order is internal.
+labels put in between. The global order is internal. A put at a label above the caller's
+(allowed: DESIGN §4) answers ``"hidden/<label>"`` instead: the number counts the records of
+that higher label, which the caller may not know.
 
 Failures. A batch whose consumer fails *at the batch's label* is retried with exponential
 backoff and dead-lettered after ``max_attempts``. A consumer that raised its label and then
@@ -27,6 +29,13 @@ dead-lettered at the raised label in the same transaction that moves the lane on
 attempts so far; each retry rewrites or (on success) removes those dead letters. So a
 restart never loses it: an engine starting resumes the retries of every dead letter whose
 attempts are below the stream's `max_attempts`.
+
+A consumer the invoker *refuses* (the runtime is shutting down, or its queues are full) never
+ran: that is not a failure of the batch, which is delivered again later without counting an
+attempt. An engine-side error around a delivery (the invocation raised inside the engine, or
+recording its outcome failed) counts as a failed attempt, at the label the invocation ended
+at when that is known, else at ``top``, so that it is retried with back-off (or moves on)
+instead of being redelivered in a tight loop.
 
 Several engines (processes, machines) may deliver the same streams from one database: a lane
 is delivered by whichever engine claims it (``EngineDB.claim``) for one batch at a time, the
@@ -53,6 +62,7 @@ log = logging.getLogger("trapeze.streams")
 
 DEFAULT_PARTITION = "default"
 MAX_PARTITION_KEY = 256
+HIDDEN_SEQUENCE = "hidden"  # the number part of a put's reply at a label above the caller's
 
 
 class StepResult(Protocol):
@@ -125,6 +135,10 @@ class StreamEngine:
         self._dirty = True
         self._stopping = False
         self._inflight: set[tuple[str, str, str, str]] = set()
+        # Lanes held back in memory until a time: set only when even recording a failed
+        # attempt failed (the database is unreachable), so that they are not redelivered
+        # in a tight loop meanwhile.
+        self._hold: dict[tuple[str, str, str, str], float] = {}
         self._detached = 0
         self._turn = 0  # rotates where each scheduling pass starts (fairness among lanes)
 
@@ -137,21 +151,31 @@ class StreamEngine:
         return spec
 
     def put(self, stream: str, record: Any, partition_key: str | None,
-            label: str) -> dict[str, Any]:
-        """Append `record` at `label` (already checked by the caller: the monitor or the CLI)."""
+            label: str, *, caller_label: str | None = None) -> dict[str, Any]:
+        """Append `record` at `label` (already checked by the caller: the monitor or the CLI).
+
+        `caller_label` is the label the reply goes to (default `label`). When the record's
+        label does not flow to it (the caller named a higher label), the reply's sequence
+        is ``"hidden/<label>"``: the number counts the records put at that label, which
+        the caller must not learn.
+        """
         spec = self.spec(stream)
         label = self.lattice.check(label)
         if partition_key is None:
             partition_key = DEFAULT_PARTITION
         if not isinstance(partition_key, str) or not partition_key or \
-                len(partition_key) > MAX_PARTITION_KEY:
+                len(partition_key) > MAX_PARTITION_KEY or "\x00" in partition_key:
             raise StreamError(
                 f"a partition key must be a non-empty string of at most {MAX_PARTITION_KEY}"
-                " characters"
+                " characters, without NUL"
             )
+        hidden = caller_label is not None and \
+            not self.lattice.flows(label, self.lattice.check(caller_label))
         text = encode_record(record, spec.max_record_bytes)
         _, n = self.db.append_record(stream, partition_key, label, text, time.time())
         self._poke()
+        if hidden:
+            return {"sequence": f"{HIDDEN_SEQUENCE}/{label}", "partition": partition_key}
         return {"sequence": _seq(n, label), "partition": partition_key}
 
     # ------------------------------------------------------------------ readers
@@ -263,6 +287,9 @@ class StreamEngine:
             with self._wake:
                 if self._stopping or self._pool is None:
                     return
+                if self._hold.get(key, 0.0) > now:
+                    continue
+                self._hold.pop(key, None)
                 if len(self._inflight) >= self._workers:
                     return  # claim no lane we cannot start now: other engines may take it
                 if key in self._inflight:
@@ -322,7 +349,12 @@ class StreamEngine:
             log.warning("stream %s: lost the lane of %s while delivering; left to its new"
                         " holder", lane.stream, lane.consumer)
         except Exception:
-            log.exception("stream delivery to %s failed inside the engine", lane.consumer)
+            # Not even the failed attempt could be recorded (the database is unreachable):
+            # hold the lane back here for a while rather than redeliver it at once.
+            log.exception("stream delivery to %s failed inside the engine; the lane waits"
+                          " %.1fs", lane.consumer, self.backoff_max)
+            with self._wake:
+                self._hold[key] = time.time() + self.backoff_max
         finally:
             try:
                 self.db.release(lane.claim)
@@ -334,13 +366,42 @@ class StreamEngine:
                 self._wake.notify_all()
 
     def _deliver_once(self, spec: StreamSpec, lane: Lane, batch: list[StoredRecord]) -> None:
-        result = self.invoke(lane.consumer, self._event(lane.stream, batch), lane.label)
+        final: str | None = None  # the label the invocation ended at, once known
+        try:
+            result = self.invoke(lane.consumer, self._event(lane.stream, batch), lane.label)
+            if result.status == "refused":
+                # The consumer never ran (shutting down, or the invoker's queues are full):
+                # no attempt is counted; the lane is delivered again after a pause, or by
+                # the next engine when this one is stopping.
+                if not self._stopping:
+                    self.db.set_checkpoint(lane, lane.last_id, lane.attempts,
+                                           time.time() + self._refused_delay())
+                return
+            final = result.label or lane.label
+            if result.status == "ok":
+                self.db.set_checkpoint(lane, batch[-1].id, 0, 0.0)
+                return
+            self._failed(spec, lane, batch, final, f"{result.status}: {result.error or ''}")
+        except Exception as e:
+            if isinstance(e, ClaimLost) or self.db.is_transient(e) or \
+                    (final is None and self._stopping):
+                raise  # nothing is recorded: the lane is delivered again later
+            # Engine-side, yet possibly caused by what the consumer did (an outcome the
+            # tables refused): a failed attempt at the label the invocation ended at, or
+            # at top when that is unknown, so that the lane backs off or moves on.
+            log.exception("stream %s: delivery to %s failed inside the engine; counted as"
+                          " a failed attempt", lane.stream, lane.consumer)
+            self._failed(spec, lane, batch, self.lattice.top if final is None else final,
+                         f"Trapeze.Internal: the engine failed ({type(e).__name__})")
+
+    def _refused_delay(self) -> float:
+        return max(self.poll_interval, self.backoff_base)
+
+    def _failed(self, spec: StreamSpec, lane: Lane, batch: list[StoredRecord], final: str,
+                error: str) -> None:
+        """Record a failed attempt to deliver `batch`, known at label `final`."""
         last = batch[-1].id
-        final = result.label or lane.label
-        if result.status == "ok":
-            self.db.set_checkpoint(lane, last, 0, 0.0)
-            return
-        error = f"{result.status}: {result.error or ''}"[:2000]
+        error = error[:2000]
         if not self.lattice.flows(final, lane.label):
             # Failed above the batch's label: the lane must not learn it (see module doc).
             # No error on the checkpoint (the lane's label would see it); the dead letters
@@ -374,11 +435,14 @@ class StreamEngine:
             nonlocal label, error
             ids = [r.id for r in batch]
             try:
-                for attempt in range(attempts + 1, spec.max_attempts + 1):
+                attempt = attempts + 1
+                while attempt <= spec.max_attempts:
                     time.sleep(min(self.backoff_base * 2 ** (attempt - 2), self.backoff_max))
                     if self._stopping:
                         return  # the dead letters stay; the next start resumes them
                     result = self.invoke(consumer, self._event(stream, batch), label)
+                    if result.status == "refused":
+                        continue  # never ran: not an attempt (stopping: checked above)
                     if result.status == "ok":
                         self.db.retry_dead_letters(stream, consumer, partition, label, ids)
                         return
@@ -388,6 +452,7 @@ class StreamEngine:
                     self.db.retry_dead_letters(stream, consumer, partition, label, ids,
                                                attempts=attempt, new_label=joined, error=error)
                     label = joined
+                    attempt += 1
             except Exception:
                 log.exception("detached stream retry failed inside the engine; its dead"
                               " letters stay and the next start resumes it")

@@ -33,6 +33,14 @@ the claim (an engine that lost it gets ``ClaimLost`` and drops the execution). W
 engines may share the database (PostgreSQL), ``resume()`` also keeps adopting, every
 ``adopt_interval`` seconds, the executions whose engine died, stopped or lost its connection.
 
+Limits. Each running execution holds a thread of this engine: at most ``max_running``
+(``[limits] workflow_executions``) run at once per label, counted at the label a start's
+answer goes to (the starter's current label), so that a refused start (``LimitExceeded``)
+depends only on executions started from that label. Executions resumed or adopted count at
+their start label and are never refused. A refused *invocation* (the runtime shutting down,
+its queues full) never ran: the step asks again after a pause, counting no retry, or is
+left for ``resume()`` when the engine stops.
+
 Callback tasks and the completion rule. A task token is bound to the execution's label ``e``
 when the task starts. ``complete_task`` at the caller's label ``c`` is allowed iff ``c == e``:
 
@@ -61,19 +69,25 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trapeze.errors import AlreadyExists, FlowError, InvalidArgument, NotFound
+from trapeze.errors import AlreadyExists, FlowError, InvalidArgument, LimitExceeded, NotFound
 from trapeze.labels import Lattice, NoJoinError
 from trapeze.policy.specs import WorkflowSpec
 from trapeze.runtime import asl
 from trapeze.runtime.asl import Machine, PathError, State
 from trapeze.runtime.engine_store import EngineDB, dumps, exec_claim, loads
-from trapeze.runtime.streams import Invoke
+from trapeze.runtime.streams import Invoke, StepResult
 
 log = logging.getLogger("trapeze.workflows")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:+=@-]{1,80}$")
 _ERROR_NAME = re.compile(r"^([A-Za-z_][\w.]*)(?::\s*(.*))?$", re.S)
 TOKEN_POLL_S = 0.5
+# Running executions per label (the [limits] workflow_executions default): each holds a thread.
+DEFAULT_MAX_RUNNING = 1000
+# A refused invocation (the runtime is shutting down, or its queues are full) never ran: the
+# step waits this long (doubling up to the max) and asks again, counting no attempt.
+REFUSED_RETRY_S = 0.2
+REFUSED_RETRY_MAX_S = 5.0
 
 
 class ExecutionAlreadyExists(AlreadyExists):
@@ -117,6 +131,7 @@ class _Exec:
     started: float
     machine: Machine
     threads: list[threading.Thread] = field(default_factory=list)
+    slot: str | None = None  # the label whose count of running executions this one is in
 
 
 class WorkflowEngine:
@@ -130,8 +145,12 @@ class WorkflowEngine:
         functions: Collection[str] | None = None,
         time_scale: float = 1.0,
         adopt_interval: float | None = None,
+        max_running: int = DEFAULT_MAX_RUNNING,
     ) -> None:
         self.db = db
+        # Running executions per label: see `start` (which label counts) and the module doc.
+        self.max_running = max_running
+        self._slots: dict[str, int] = {}
         # None: the backend's default (no periodic adoption where one engine owns the file).
         self.adopt_interval = db.adopt_interval if adopt_interval is None else adopt_interval
         self.lattice = lattice
@@ -176,9 +195,42 @@ class WorkflowEngine:
                 continue
             ex = _Exec(row["id"], row["workflow"], row["name"], loads(row["input"]),
                        row["created"], machine)
+            # It exists already: counted (under its start label), never refused.
+            self._take_slot(row["start_label"], check=False)
+            ex.slot = row["start_label"]
             if self._launch(ex):
                 out.append(ex.id)
+            else:
+                self._free_slot(ex.slot)
         return out
+
+    def _take_slot(self, label: str, *, check: bool = True) -> None:
+        """Count one more running execution at `label`; LimitExceeded when `check` and the
+        label has `max_running` already (a count of executions started from `label` only)."""
+        with self._lock:
+            n = self._slots.get(label, 0)
+            if check and n >= self.max_running:
+                raise LimitExceeded(
+                    f"LimitExceeded: {n} workflow executions started from label {label!r}"
+                    f" are still running, the most this app allows per label ([limits]"
+                    f" workflow_executions = {self.max_running}); start more once some end"
+                )
+            self._slots[label] = n + 1
+
+    def _free_slot(self, label: str | None) -> None:
+        if label is None:
+            return
+        with self._lock:
+            n = self._slots.get(label, 0) - 1
+            if n > 0:
+                self._slots[label] = n
+            else:
+                self._slots.pop(label, None)
+
+    def running_at(self, label: str) -> int:
+        """How many executions counted at `label` this engine runs now (tests, operators)."""
+        with self._lock:
+            return self._slots.get(label, 0)
 
     def _adopt_loop(self) -> None:
         assert self.adopt_interval
@@ -253,28 +305,40 @@ class WorkflowEngine:
         # that names a higher label would otherwise learn, from ExecutionAlreadyExists, of an
         # execution started between c and `label`.
         viewer = label if caller_label is None else self.lattice.check(caller_label)
-        # Claimed before it exists, so that no other engine's adoption runs it first. (A
-        # stopped engine claims nothing: another engine, or resume(), will run it.)
-        claimed = not self._stop.is_set() and self.db.claim(exec_claim(exec_id))
+        # Each running execution holds a thread: at most `max_running` per label, counted
+        # at the label the answer goes to (`viewer`, the start label unless the caller named
+        # a higher one). So the refusal depends only on executions started from that label,
+        # never on what higher labels started.
+        self._take_slot(viewer)
+        slot: str | None = viewer
         try:
-            created = self.db.create_execution(
-                exec_id, workflow, name, label, text,
-                lambda other: self.lattice.flows(other, viewer), machine.start_at,
-            )
-        except BaseException:
+            # Claimed before it exists, so that no other engine's adoption runs it first. (A
+            # stopped engine claims nothing: another engine, or resume(), will run it.)
+            claimed = not self._stop.is_set() and self.db.claim(exec_claim(exec_id))
+            try:
+                created = self.db.create_execution(
+                    exec_id, workflow, name, label, text,
+                    lambda other: self.lattice.flows(other, viewer), machine.start_at,
+                )
+            except BaseException:
+                if claimed:
+                    self.db.release(exec_claim(exec_id))
+                raise
+            if not created:
+                if claimed:
+                    self.db.release(exec_claim(exec_id))
+                raise ExecutionAlreadyExists(
+                    f"ExecutionAlreadyExists: workflow {workflow!r} already has an execution"
+                    f" named {name!r}"
+                )
             if claimed:
-                self.db.release(exec_claim(exec_id))
-            raise
-        if not created:
-            if claimed:
-                self.db.release(exec_claim(exec_id))
-            raise ExecutionAlreadyExists(
-                f"ExecutionAlreadyExists: workflow {workflow!r} already has an execution"
-                f" named {name!r}"
-            )
-        if claimed and not self._launch(_Exec(exec_id, workflow, name, input, time.time(),
-                                              machine)):
-            self.db.release(exec_claim(exec_id))
+                if self._launch(_Exec(exec_id, workflow, name, input, time.time(), machine,
+                                      slot=viewer)):
+                    slot = None  # the run frees it when it ends
+                else:
+                    self.db.release(exec_claim(exec_id))
+        finally:
+            self._free_slot(slot)
         return {"executionArn": exec_id, "name": name, "startDate": time.time()}
 
     # ------------------------------------------------------------------ running
@@ -311,6 +375,7 @@ class WorkflowEngine:
                 log.exception("execution %s: could not release its claim", ex.id)
             with self._lock:
                 self._running.pop(ex.id, None)
+            self._free_slot(ex.slot)
 
     def _check_stop(self) -> None:
         if self._stop.is_set():
@@ -367,6 +432,7 @@ class WorkflowEngine:
                 if retry_at is not None:
                     wait_until, token = retry_at, None
                     retries.pop("_notified", None)  # a new attempt notifies again
+                    retries.pop("_notify_failed", None)
                     save(state=name, step=step, input_text=dumps(data), label=label,
                          status="running", retries=retries, wait_until=wait_until,
                          events=[("TaskRetryScheduled", name,
@@ -494,13 +560,33 @@ class WorkflowEngine:
         except NoJoinError:
             return self.lattice.top
 
+    def _invoke(self, function: str, event: Any, label: str) -> tuple[StepResult, float]:
+        """Invoke `function` at `label`: its result (never "refused") and how long the
+        invocation that answered took.
+
+        A refused invocation never ran (the runtime is shutting down, or its queues are
+        full): that is no failure of the step. It is asked again after a pause, counting no
+        retry; when the engine stops meanwhile, the execution stays as last recorded and
+        resume() continues it.
+        """
+        delay = REFUSED_RETRY_S
+        while True:
+            t0 = time.monotonic()
+            r = self.invoke(function, event, label)
+            elapsed = time.monotonic() - t0
+            if r.status != "refused":
+                return r, elapsed
+            log.info("invocation of %s refused (%s); asked again in %.1fs", function,
+                     r.error, delay)
+            if self._stop.wait(delay):
+                raise _Stopped
+            delay = min(delay * 2, REFUSED_RETRY_MAX_S)
+
     def _task(self, st: State, nxt: str | None, data: Any, label: str,
               ctx: Any) -> _Next | _Failed:
         assert st.target is not None
         eff = asl.apply_input(st, data, ctx)
-        t0 = time.monotonic()
-        r = self.invoke(st.target.name, eff, label)
-        elapsed = time.monotonic() - t0
+        r, elapsed = self._invoke(st.target.name, eff, label)
         # A result arriving after stop() is dropped, as if the process had died: the step
         # runs again on resume (at-least-once).
         self._check_stop()
@@ -517,8 +603,6 @@ class WorkflowEngine:
             # the current label would make the timeout depend on whatever ran above it.
             return _Failed("States.Timeout", f"{st.target.name} ran longer than allowed",
                            final)
-        if r.status == "refused":
-            return _Failed("States.TaskFailed", r.error or "refused", final)
         name, cause = _error_name(r.error)
         return _Failed(name, cause, final)
 
@@ -543,6 +627,13 @@ class WorkflowEngine:
         else:
             f = self.db.frame(ex.id, frame_id)
             deadline = f["wait_until"] if f else None
+            if f is not None and retries.get("_notified") and retries.get("_notify_failed"):
+                # Resumed while waiting out a notification that failed above the token's
+                # label (below): wait exactly as then, and fail with what was recorded.
+                self._await_token(token, deadline)
+                retries.pop("_notified", None)
+                retries.pop("_notify_failed", None)
+                return _Failed(f["error"] or "States.TaskFailed", f["cause"], label)
         token_label = self.db.token(token)["label"]  # type: ignore[index]
         if st.target.kind == "callback" and not retries.get("_notified"):
             ctx = self._context(ex, st, retries, token)
@@ -551,7 +642,7 @@ class WorkflowEngine:
                 eff = {**eff, "TaskToken": token}
             elif isinstance(eff, dict) and "Payload" in eff and "FunctionName" in eff:
                 eff = eff["Payload"]  # the lambda:invoke.waitForTaskToken form
-            r = self.invoke(st.target.name, eff, label)
+            r, _ = self._invoke(st.target.name, eff, label)
             self._check_stop()
             final = self._final(label, r.label)
             if r.status != "ok":
@@ -563,8 +654,19 @@ class WorkflowEngine:
                     # The notification failed above the token's label. Settling the token now
                     # would tell a completer at the token's label ("no longer pending" instead
                     # of accepted) that it failed. The token lives on exactly as after a
-                    # successful notification: pending until completed or timed out.
+                    # successful notification: pending until completed or timed out. And it
+                    # is recorded as notified, as after a success (same frame, same label;
+                    # the failure kept at the raised label), so that a restart meanwhile
+                    # notifies no more often in one case than in the other.
+                    retries["_notified"] = 1
+                    retries["_notify_failed"] = 1
+                    self.db.save_frame(ex.id, frame_id, state=st.name, step=step,
+                                       input_text=dumps(data), label=final, status="running",
+                                       retries=retries, wait_until=deadline, token=token,
+                                       error=name, cause=cause, root=root)
                     self._await_token(token, deadline)
+                    retries.pop("_notified", None)
+                    retries.pop("_notify_failed", None)
                 # (Without a deadline the token simply stays pending, as it would then.)
                 return _Failed(name, cause, final)
             label = final
@@ -657,7 +759,8 @@ class WorkflowEngine:
                       caller_label: str) -> dict[str, Any]:
         """Complete a callback/activity task (rule in the module doc: caller == token label)."""
         caller = self.lattice.check(caller_label)
-        t = self.db.token(token) if isinstance(token, str) else None
+        # (A NUL is in no token, and PostgreSQL refuses it in a query: answered as unknown.)
+        t = self.db.token(token) if isinstance(token, str) and "\x00" not in token else None
         if t is None or not self.lattice.flows(t["label"], caller):
             raise NotFound("TaskDoesNotExist: no task with this token")
         if t["label"] != caller:
@@ -689,6 +792,10 @@ class WorkflowEngine:
                           execution: str | None = None) -> dict[str, Any] | None:
         """Long-poll for a pending task of `activity` at exactly `label`: {taskToken, input}."""
         label = self.lattice.check(label)
+        if not isinstance(activity, str) or "\x00" in activity or \
+                (execution is not None and "\x00" in execution):
+            raise InvalidArgument("an activity name (and an execution id) is a string"
+                                  " without NUL")
         deadline = time.monotonic() + max(0.0, wait_s)
         while True:
             got = self.db.claim_activity_task(activity, label, execution)
@@ -703,6 +810,8 @@ class WorkflowEngine:
     def list(self, label: str, workflow: str | None = None) -> list[dict[str, Any]]:
         """Executions the viewer at `label` may know of, with what it may see of each."""
         viewer = self.lattice.check(label)
+        if workflow is not None and "\x00" in workflow:
+            return []  # no name has one (and PostgreSQL refuses it in a query)
         return [self._view(row, viewer) for row in self.db.executions(workflow=workflow)
                 if self.lattice.flows(row["start_label"], viewer)]
 
@@ -714,8 +823,9 @@ class WorkflowEngine:
         def visible(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [r for r in rows if self.lattice.flows(r["start_label"], viewer)]
 
-        rows = visible(self.db.executions(exec_id=execution)) or visible(
-            self.db.executions(name=execution))
+        rows = [] if not isinstance(execution, str) or "\x00" in execution else \
+            visible(self.db.executions(exec_id=execution)) or visible(
+                self.db.executions(name=execution))
         if not rows:
             raise NotFound(f"no execution {execution!r}")
         row = rows[-1]
@@ -723,6 +833,11 @@ class WorkflowEngine:
         out["input"] = loads(row["input"])
         events = [e for e in self.db.history(row["id"])
                   if self.lattice.flows(e["label"], viewer)]
+        # The stored ids are global (every execution, every label): numbered afresh among
+        # the events this viewer sees, so that neither other executions' events nor this
+        # one's hidden events show as gaps.
+        for i, e in enumerate(events, 1):
+            e["id"] = i
         out["history"] = events
         if not self.lattice.flows(row["label"], viewer) and events:
             out["label"] = events[-1]["label"]
@@ -766,9 +881,11 @@ class Engines:
     runtime's Dispatcher calls (trusted).
 
     The runtime builds one at start (after its Invoker exists), calls :meth:`start`, routes
-    the Dispatcher's ``stream_put``/``workflow_start``/``task_complete`` here, and calls
-    :meth:`close` before closing the store. `label` arguments are already checked by the
-    monitor (the caller's current label, or a higher one it named).
+    the Dispatcher's ``stream_put``/``workflow_start``/``task_complete`` here, and at
+    shutdown calls :meth:`stop` *before* draining its invoker (so that no engine step meets
+    an invoker that refuses work) and :meth:`close` after it, before closing the store.
+    `label` arguments are already checked by the monitor (the caller's current label, or a
+    higher one it named).
     """
 
     def __init__(self, store_url: str, lattice: Lattice, manifest: Any, invoke: Invoke, *,
@@ -777,13 +894,15 @@ class Engines:
         from trapeze.runtime.streams import StreamEngine
 
         self.db = EngineDB.open(store_url)  # SQLite or PostgreSQL, by the URL
+        limits = getattr(manifest, "limits", None)
         try:
             self.streams = StreamEngine(self.db, lattice, manifest.streams, invoke,
                                         workers=stream_workers)
-            self.workflows = WorkflowEngine(self.db, lattice, manifest.workflows, invoke,
-                                            functions=set(manifest.functions),
-                                            time_scale=time_scale,
-                                            adopt_interval=adopt_interval)
+            self.workflows = WorkflowEngine(
+                self.db, lattice, manifest.workflows, invoke,
+                functions=set(manifest.functions), time_scale=time_scale,
+                adopt_interval=adopt_interval,
+                max_running=getattr(limits, "workflow_executions", DEFAULT_MAX_RUNNING))
         except BaseException:
             self.db.close()
             raise
@@ -793,15 +912,23 @@ class Engines:
         self.streams.start()
         return self
 
-    def close(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop delivering and running (both resume at the next start); the tables stay
+        open, so that invocations still draining may put records and start executions."""
         self.streams.stop(timeout)
         self.workflows.stop(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.stop(timeout)
         self.db.close()
 
     # --- Dispatcher methods (parent: trapeze.monitor.Invocation)
     def stream_put(self, parent: Any, stream: str, record: Any, partition_key: str | None,
                    label: str) -> Any:
-        return self.streams.put(stream, record, partition_key, label)
+        # The reply goes back to the caller's current label: no count of a higher label's
+        # records in it (see StreamEngine.put).
+        return self.streams.put(stream, record, partition_key, label,
+                                caller_label=getattr(parent, "label", None))
 
     def workflow_start(self, parent: Any, workflow: str, name: str | None, event: Any,
                        label: str) -> Any:

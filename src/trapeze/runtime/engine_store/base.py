@@ -39,6 +39,19 @@ def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+NUL_STAND_IN = "\ufffd"
+
+
+def clean_text(text: str | None) -> str | None:
+    """`text` fit for a text column of either backend: a NUL (which PostgreSQL refuses in
+    text) becomes U+FFFD. For error texts and causes, which may come from guests (an
+    exception message, a task's error); JSON columns need nothing (JSON escapes NUL).
+    Without this, whether a write fails would depend on the text, and on the backend."""
+    if text is None or "\x00" not in text:
+        return text
+    return text.replace("\x00", NUL_STAND_IN)
+
+
 class ClaimLost(Exception):
     """This engine no longer holds the claim a write was made under; nothing was written.
 
@@ -261,12 +274,13 @@ class EngineDB(ABC):
         with self._write(lane.claim) as conn:
             cur = self._execute(conn, self.sql.upsert_checkpoint, (
                 lane.stream, lane.consumer, lane.partition, lane.label, last_id, attempts,
-                next_at, error))
+                next_at, clean_text(error)))
             if cur.rowcount == 0:
                 return  # stale: the lane is already past this point
             if dead:
                 self._execute_many(conn, self.sql.insert_dead_letter, [
-                    (lane.stream, lane.consumer, lane.partition, label, rid, tries, err, now)
+                    (lane.stream, lane.consumer, lane.partition, label, rid, tries,
+                     clean_text(err), now)
                     for rid, label, err, tries in dead])
 
     def retry_dead_letters(self, stream: str, consumer: str, partition: str, label: str,
@@ -276,6 +290,7 @@ class EngineDB(ABC):
         retried: removed (attempts None: the retry succeeded), or rewritten at `new_label`
         with the attempts and error so far, in one transaction."""
         now = time.time()
+        error = clean_text(error)
         with self._write() as conn:
             self._execute_many(conn, self.sql.delete_dead_letter, [
                 (stream, consumer, partition, label, rid) for rid in record_ids])
@@ -374,8 +389,8 @@ class EngineDB(ABC):
         now = time.time()
         with self._write(exec_claim(exec_id)) as conn:
             self._execute(conn, self.sql.upsert_frame, (
-                exec_id, frame_id, state, step, input_text, label, status, output_text, error,
-                cause, dumps(retries), wait_until, token, now))
+                exec_id, frame_id, state, step, input_text, label, status, output_text,
+                clean_text(error), clean_text(cause), dumps(retries), wait_until, token, now))
             if root:
                 # The execution row's label is that of its root frame: it guards the status
                 # fields a viewer may see.
@@ -399,6 +414,7 @@ class EngineDB(ABC):
                          cause: str | None) -> None:
         """Record the end of an execution and its history event (claimed)."""
         now = time.time()
+        error, cause = clean_text(error), clean_text(cause)
         kind = {"SUCCEEDED": "ExecutionSucceeded", "FAILED": "ExecutionFailed"}.get(
             status, "Execution" + status.title())
         detail: dict[str, Any] = {"output": loads(output_text)} if status == "SUCCEEDED" \
@@ -451,10 +467,16 @@ class EngineDB(ABC):
         rows = self._read(self.sql.token, (token,))
         return dict(zip(TOKEN_COLUMNS, rows[0], strict=True)) if rows else None
 
-    @abstractmethod
     def settle_token(self, token: str, status: str, output_text: str | None,
                      error: str | None, cause: str | None) -> bool:
         """Close a pending/claimed token; False when it was already closed (first wins)."""
+        return self._settle_token(token, status, output_text, clean_text(error),
+                                  clean_text(cause))
+
+    @abstractmethod
+    def _settle_token(self, token: str, status: str, output_text: str | None,
+                      error: str | None, cause: str | None) -> bool:
+        """settle_token, its texts fit for the backend."""
 
     @abstractmethod
     def claim_activity_task(self, activity: str, label: str,

@@ -553,8 +553,8 @@ class PostgresEngineDB(EngineDB):
             (token, exec_id, frame_id, label, activity, input_text, time.time()),
         )
 
-    def settle_token(self, token: str, status: str, output_text: str | None,
-                     error: str | None, cause: str | None) -> bool:
+    def _settle_token(self, token: str, status: str, output_text: str | None,
+                      error: str | None, cause: str | None) -> bool:
         rows = self._read(
             "UPDATE {s}.trapeze_wf_tokens SET status = %s, output = %s, error = %s,"
             " cause = %s WHERE token = %s AND status IN ('pending', 'claimed')"

@@ -323,8 +323,8 @@ class SqliteEngineDB(EngineDB):
                 (token, exec_id, frame_id, label, activity, input_text, time.time()),
             )
 
-    def settle_token(self, token: str, status: str, output_text: str | None,
-                     error: str | None, cause: str | None) -> bool:
+    def _settle_token(self, token: str, status: str, output_text: str | None,
+                      error: str | None, cause: str | None) -> bool:
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE trapeze_wf_tokens SET status = ?, output = ?, error = ?, cause = ?"
