@@ -171,6 +171,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return store.system.logs(visible=lambda lab: lattice.flows(lab, viewer),
                                      function=args.function, since_seq=since)
 
+        # The store-wide seq only pages here; it is never printed: the gap between two
+        # seqs would count the lines above the viewer's label (monitor/audit.py).
         for r in all_pages(page):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
             for line in r.text.rstrip("\n").splitlines() or [""]:
@@ -187,6 +189,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         lattice = app.manifest.lattice
         from trapeze.runtime.app import all_pages
 
+        # As in cmd_logs: seq pages, and is never printed.
         for r in all_pages(lambda since: store.system.audit(since_seq=since)):
             if args.kind and r.kind != args.kind:
                 continue

@@ -32,10 +32,11 @@ class _Backend:
     def invoke(self, function: str, event: Any, **kw: Any) -> InvocationResult:
         return InvocationResult("ok", value=self.value, request_id=kw["request_id"])
 
-    def logs_visible_to(self, label: str, function: str | None) -> list[dict[str, Any]]:
+    def logs_visible_to(self, label: str, function: str | None, *,
+                        after: int | None = None) -> list[dict[str, Any]]:
         return []
 
-    def audit_visible_to(self, label: str) -> list[dict[str, Any]]:
+    def audit_visible_to(self, label: str, *, after: int | None = None) -> list[dict[str, Any]]:
         return []
 
 

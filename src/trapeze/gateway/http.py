@@ -48,9 +48,11 @@ class Backend(Protocol):
     def invoke(self, function: str, event: Any, *, label: str, principal: str | None,
                request_id: str) -> InvocationResult: ...
 
-    def logs_visible_to(self, label: str, function: str | None) -> list[dict[str, Any]]: ...
+    def logs_visible_to(self, label: str, function: str | None, *,
+                        after: int | None = None) -> list[dict[str, Any]]: ...
 
-    def audit_visible_to(self, label: str) -> list[dict[str, Any]]: ...
+    def audit_visible_to(self, label: str, *, after: int | None = None
+                         ) -> list[dict[str, Any]]: ...
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -232,13 +234,24 @@ def build_app(backend: Backend, routes: Sequence[GatewayRoute], *, concurrency: 
         except AuthError as e:
             return _error(e.status, e.reason)
         what = request.path_params["what"]
+        if what not in ("logs", "audit"):
+            return _error(404, f"no admin resource {what!r}")
+        # Rows carry a cursor (their number among the rows this caller sees), never the
+        # store-wide seq, which would count rows above the caller's label (monitor/audit.py).
+        # ?after=CURSOR pages forward from a row of an earlier reply.
+        raw_after = request.query_params.get("after")
+        after: int | None = None
+        if raw_after is not None:
+            if not (raw_after.isascii() and raw_after.isdigit() and len(raw_after) <= 20):
+                return _error(400, "after must be a cursor (an int >= 0) from an earlier reply")
+            after = int(raw_after)
+        function = request.query_params.get("function")
         if what == "logs":
             rows = await anyio.to_thread.run_sync(
-                backend.logs_visible_to, caller.label, request.query_params.get("function"))
-        elif what == "audit":
-            rows = await anyio.to_thread.run_sync(backend.audit_visible_to, caller.label)
+                lambda: backend.logs_visible_to(caller.label, function, after=after))
         else:
-            return _error(404, f"no admin resource {what!r}")
+            rows = await anyio.to_thread.run_sync(
+                lambda: backend.audit_visible_to(caller.label, after=after))
         return JSONResponse(rows)
 
     async def health(request: Request) -> Response:

@@ -33,6 +33,7 @@ from trapeze.errors import ConfigError
 from trapeze.gateway.auth import Authenticator, JwtSettings
 from trapeze.labels import Lattice
 from trapeze.monitor import Declassifier, Invocation, Monitor
+from trapeze.monitor.audit import audit_row, for_viewer, log_row
 from trapeze.monitor.channels import HttpEgress, SmtpEmail
 from trapeze.policy import Manifest, load_manifest, load_policy_module
 from trapeze.runtime.audit import StoreAudit
@@ -443,45 +444,43 @@ class Runtime:
         lat = self.lattice
         return lambda label: label is None or lat.flows(label, viewer)
 
+    # A viewer never gets a row's store-wide seq: the gap between two seqs would count the
+    # rows written in between at labels above it. Rows carry a cursor instead, their number
+    # among the rows of the same query the viewer sees (monitor/audit.py explains why).
     def logs_visible_to(self, label: str, function: str | None = None, *,
-                        limit: int = 1000) -> list[dict[str, Any]]:
-        """The newest `limit` log records visible at `label`, oldest first."""
+                        limit: int = 1000, after: int | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` log records visible at `label` (of `function`, if given), or
+        with `after` the first `limit` whose cursor is above it; oldest first."""
         visible = self._visible(label)
-        rows = newest(lambda since: self.system.logs(visible=visible, function=function,
-                                                     since_seq=since), limit)
-        return [
-            {"seq": r.seq, "time": r.time, "function": r.function, "request_id": r.request_id,
-             "label": r.label, "text": r.text}
-            for r in rows
-        ]
+        rows = all_pages(lambda since: self.system.logs(visible=visible, function=function,
+                                                        since_seq=since))
+        return [log_row(n, r) for n, r in for_viewer(rows, after=after, limit=limit)]
 
-    def audit_visible_to(self, label: str, *, limit: int = 1000) -> list[dict[str, Any]]:
-        """The newest `limit` audit entries visible at `label`, oldest first."""
+    def audit_visible_to(self, label: str, *, limit: int = 1000,
+                         after: int | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` audit entries visible at `label`, or with `after` the first
+        `limit` whose cursor is above it; oldest first."""
         visible = self._visible(label)
-        rows = newest(lambda since: [r for r in self.system.audit(since_seq=since)
-                                     if visible(r.label)], limit,
-                      page_end=lambda since: self.system.audit(since_seq=since))
-        return [
-            {"seq": r.seq, "time": r.time, "kind": r.kind, "function": r.function,
-             "request_id": r.request_id, "label": r.label, "detail": r.detail}
-            for r in rows
-        ]
+        rows = (r for r in all_pages(lambda since: self.system.audit(since_seq=since))
+                if visible(r.label))
+        return [audit_row(n, r) for n, r in for_viewer(rows, after=after, limit=limit)]
 
     def logs(self, *, as_principal: str | None = None, as_label: str | None = None,
-             function: str | None = None) -> list[dict[str, Any]]:
+             function: str | None = None, after: int | None = None) -> list[dict[str, Any]]:
         label, _ = self._label_for(as_principal, as_label or (None if as_principal else
                                                               self.lattice.top))
-        return self.logs_visible_to(label, function)
+        return self.logs_visible_to(label, function, after=after)
 
-    def audit(self, *, as_principal: str | None = None,
-              as_label: str | None = None) -> list[dict[str, Any]]:
+    def audit(self, *, as_principal: str | None = None, as_label: str | None = None,
+              after: int | None = None) -> list[dict[str, Any]]:
         label, _ = self._label_for(as_principal, as_label or (None if as_principal else
                                                               self.lattice.top))
-        return self.audit_visible_to(label)
+        return self.audit_visible_to(label, after=after)
 
 
 def all_pages(fetch: Callable[[int], list[Any]]) -> Iterator[Any]:
-    """Every record of a `since_seq`-paged system table, in seq order."""
+    """Every record of a `since_seq`-paged system table, in seq order (lazily, page by
+    page). Trusted side: the seqs it pages by are never shown to a viewer."""
     since = 0
     while True:
         page = fetch(since)

@@ -5,6 +5,10 @@ per-invocation logs. These are trusted-side records, never reachable from guest 
 logs carry the invocation's label and are filtered by a caller-supplied visibility predicate
 (the gateway passes ``lambda l: lattice.flows(l, viewer_clearance)``).
 
+``seq`` (the PostgreSQL tables' too) is store-wide and counts rows at every label, so it is a
+trusted-side paging key only: what is shown to a viewer carries a per-viewer cursor instead
+(``trapeze.monitor.audit.for_viewer``; Runtime.logs_visible_to / audit_visible_to).
+
 Thread and process safety come from the store's connection provider (one connection per
 thread, WAL, busy timeout) and, between this process's threads, the file's writer lock
 (sqlite_writer.py); every write is a single autocommit statement.
@@ -75,7 +79,7 @@ class Principal:
 
 @dataclass(frozen=True)
 class AuditRecord:
-    seq: int
+    seq: int  # store-wide: never shown to a viewer (module doc)
     time: float
     kind: str
     function: str | None
@@ -86,7 +90,7 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class LogRecord:
-    seq: int
+    seq: int  # store-wide: never shown to a viewer (module doc)
     time: float
     function: str
     request_id: str
