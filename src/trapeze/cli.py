@@ -76,7 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    audience=args.jwt_audience, issuer=args.jwt_issuer)
     rt = app.start(_store_url(args, app), http=True, host=args.host, port=args.port,
                    confine=not args.unconfined_dev, ifc=not args.no_ifc, jwt=jwt_settings,
-                   executor=args.executor, ray_address=args.ray_address)
+                   executor=args.executor, ray_address=args.ray_address,
+                   allow_dev_tokens=args.allow_dev_tokens)
     try:
         print(f"trapeze: serving {app.name} on {rt.url} (store {_shown_url(rt.store_url)})",
               flush=True)
@@ -116,7 +117,8 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     app = App.load(args.app)
     event = _read_event(args)
     with app.start(_store_url(args, app), confine=not args.unconfined_dev,
-                   executor=args.executor, ray_address=args.ray_address) as rt:
+                   executor=args.executor, ray_address=args.ray_address,
+                   allow_dev_tokens=args.allow_dev_tokens) as rt:
         result = rt.invoke(args.function, event, as_principal=args.as_principal,
                            as_label=args.label)
     print(json.dumps({"status": result.status, "value": _jsonable(result.value),
@@ -290,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8080)
     sp.add_argument("--unconfined-dev", action="store_true",
                     help="DEVELOPMENT ONLY: run function code without confinement")
+    sp.add_argument("--allow-dev-tokens", action="store_true",
+                    help="accept the manifest's plaintext principal tokens although --host is "
+                         "not a loopback address (development only)")
     sp.add_argument("--no-ifc", action="store_true",
                     help="the benchmark baseline: no labels, plain store, warm workers")
     sp.add_argument("--jwt-key-file", help="accept JWTs verified with this key (an HMAC "

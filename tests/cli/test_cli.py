@@ -108,3 +108,12 @@ def test_run_serves_and_shuts_down_cleanly_on_ctrl_c(app: Path) -> None:
             proc.kill()
     assert proc.returncode == 0, err
     assert f"serving minimal on {url}" in out and "shutting down" in out
+
+
+def test_run_refuses_manifest_tokens_beyond_loopback(app: Path) -> None:
+    """Review: the manifest's plaintext tokens (development credentials: anyone who reads
+    trapeze.toml can act as those principals) were accepted by a server on any address."""
+    proc = trapeze("run", str(app), "--host", "0.0.0.0", "--port", "0", ok=False)
+    assert proc.returncode != 0
+    assert "plaintext tokens" in proc.stderr and "--allow-dev-tokens" in proc.stderr
+    assert "ada" in proc.stderr  # names the principals

@@ -100,10 +100,25 @@ class App:
         jwt: JwtSettings | None = None,
         executor: str = "local",
         ray_address: str | None = None,
+        allow_dev_tokens: bool = False,
     ) -> Runtime:
         """Start the app. `executor`: "local" (sandboxes in this process) or "ray" (sandboxes
         on every node of the Ray cluster at `ray_address`, default "auto"; needs a
-        postgresql:// store)."""
+        postgresql:// store). The manifest's plaintext principal tokens are development
+        credentials: serving them on an address other than loopback needs
+        `allow_dev_tokens`."""
+        dev = sorted(p.name for p in self.manifest.principals.values() if p.token)
+        if http and dev and not allow_dev_tokens and not _is_loopback(host):
+            raise ConfigError(
+                f"{self.manifest.path}: principals {', '.join(dev)} have plaintext tokens "
+                f"in the manifest (development credentials: anyone who reads trapeze.toml can "
+                f"act as them), and the gateway would listen on {host}, beyond this machine. "
+                "Remove their `token` keys and register principals with 'trapeze principal "
+                "add', or serve on 127.0.0.1, or pass --allow-dev-tokens"
+            )
+        if http and dev:
+            log.warning("development tokens from the manifest are accepted for: %s",
+                        ", ".join(dev))
         rt = Runtime(self, store or self.default_store_url(ifc=ifc), confine=confine, ifc=ifc,
                      jwt=jwt, executor=executor, ray_address=ray_address)
         try:
@@ -112,6 +127,17 @@ class App:
             rt.close()
             raise
         return rt
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _LogSink:
