@@ -263,6 +263,10 @@ class Monitor:
             "history": list(inv.history),
             "channel": channel,
             "status": status,
+            # A trusted read at the declassifier's max_label, so that a declassifier can
+            # release what the store holds (a product, an assignment) instead of trusting
+            # what the function, which may be compromised, says the store holds.
+            "read": lambda table, key: self.store.get(table, key, label=d.max_label),
         }
         try:
             out = d.transform(payload, info)
