@@ -125,3 +125,33 @@ def test_console_example_in_docs(app: App) -> None:
     for e in errors:
         assert e in doc
     assert len(errors) == 2
+
+
+def test_a_planted_bytecode_cache_never_replaces_the_policy(tmp_path: Path) -> None:
+    """Review: the policy module was imported through the import system, which runs
+    <app>/__pycache__/policy.*.pyc instead of policy.py whenever the cache's recorded mtime
+    and size match: whoever could write the app directory replaced the reviewed policy."""
+    import importlib.util
+    import os
+    import py_compile
+    import shutil
+
+    root = tmp_path / "minimal"
+    shutil.copytree(REPO / "examples" / "minimal", root)
+    policy = root / "policy.py"
+    good, st = policy.read_bytes(), policy.stat()
+    name = load_manifest(root).declassifiers["greeting"].function
+    evil = f"def {name}(value, info):\n    return 'PLANTED'\n".encode()
+    evil += b"#" * (len(good) - len(evil) - 1) + b"\n"
+    policy.write_bytes(evil)
+    os.utime(policy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    py_compile.compile(str(policy), cfile=importlib.util.cache_from_source(str(policy)),
+                       invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    policy.write_bytes(good)  # the reviewed source is back, same size and mtime
+    os.utime(policy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    released = load_policy_module(load_manifest(root))["greeting"]
+    try:
+        answer = released({"greeting": "hi"}, {"function": "hello", "history": []})
+    except Exception:  # the reviewed policy may refuse this call; the planted one never does
+        answer = None
+    assert answer != "PLANTED"

@@ -6,8 +6,8 @@ the sandbox. Validation only parses it; this is the one place that executes it, 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
+import types
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -31,15 +31,22 @@ def load_policy_module(manifest: Manifest) -> dict[str, Callable[..., Any]]:
             f'— write policy = "policy.py" in [app] instead'
         )
     name = f"trapeze_policy_{manifest.name.replace('-', '_').replace('.', '_')}_{uuid.uuid4().hex}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"{path}: cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
+    # Compiled from the source file's own bytes, never from a bytecode cache: the import
+    # system would run <app>/__pycache__/policy.*.pyc whenever its recorded mtime and size
+    # match the source, so a planted .pyc (written, say, by a function running unconfined in
+    # the IFC-off baseline on the same app directory) replaced the reviewed policy (review).
+    try:
+        source = path.read_bytes()
+        code = compile(source, str(path), "exec", dont_inherit=True)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot be compiled as a Python module: {exc}") from exc
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
     # Registered while it runs so that dataclasses, pickling and the like, which look the
     # module up by name, work inside it.
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)
     except Exception as exc:
         del sys.modules[name]
         raise ConfigError(f"{path}: importing the policy module failed: {exc!r}") from exc
