@@ -133,7 +133,6 @@ class Slot:
     uid: int
     mntns_fd: int = -1  # the slot's mount namespace (its own tmpfs on /tmp)
     ruleset_fd: int = -1  # Landlock ruleset: the plan's rules + rw on this slot's /tmp
-    watches: list[int] = field(default_factory=list)  # inotify wds on the tmp's directories
 
 
 def landlock_rules(plan_paths: list[str], executables: list[str], abi: int) -> list[
@@ -219,14 +218,14 @@ def plan_rlimits(plan: Plan) -> list[tuple[int, tuple[int, int]]]:
     ]
 
 
-def make_slot(plan: Plan, index: int, uid: int, base_mntns: int, inotify_fd: int) -> Slot:
+def make_slot(plan: Plan, index: int, uid: int, base_mntns: int) -> Slot:
     """Zygote side: a fresh mount namespace with a fresh tmpfs on /tmp, and its ruleset.
 
     The namespace is a copy of the zygote's own (private propagation, the opened-up
     interpreter tree, the empty network namespace is separate and shared). Readable roots that
-    lived under /tmp are bound back, read-only, at the same path. Each directory the zygote
-    creates in the tmpfs gets an inotify watch: the zygote replaces the slot's namespace after
-    any child that touched it (see zygote.py), so a fresh tmpfs is what every child sees.
+    lived under /tmp are bound back, read-only, at the same path. The zygote replaces the
+    slot's namespace after every child (see zygote.py), so a fresh tmpfs is what every child
+    sees.
     """
     slot = Slot(index, uid)
     sc.unshare(sc.CLONE_NEWNS)
@@ -238,7 +237,6 @@ def make_slot(plan: Plan, index: int, uid: int, base_mntns: int, inotify_fd: int
         if plan.mode == MODE_ROOT:
             opts += f",uid={uid},gid={uid}"
         sc.mount("tmpfs", "/tmp", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, opts)
-        made = ["/tmp"]
         for path, fd in held:
             is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
             parts = path.split("/")[2:]  # below /tmp
@@ -246,14 +244,10 @@ def make_slot(plan: Plan, index: int, uid: int, base_mntns: int, inotify_fd: int
                 d = "/tmp/" + "/".join(parts[:i])
                 if not os.path.isdir(d):
                     os.mkdir(d, 0o755)
-                    made.append(d)
             if is_dir:
                 os.makedirs(path, exist_ok=True)
             else:
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-        # Watches before the bind mounts, so that they name the tmpfs's own directories.
-        slot.watches = [sc.inotify_add_watch(inotify_fd, d, sc.IN_ALL_EVENTS | sc.IN_EXCL_UNLINK)
-                        for d in made]
         for path, fd in held:
             sc.mount(f"/proc/self/fd/{fd}", path, None, sc.MS_BIND | sc.MS_REC, None)
             sc.mount(None, path, None,
@@ -288,16 +282,11 @@ def _ruleset(plan: Plan) -> int:
     return ruleset
 
 
-def close_slot(slot: Slot, inotify_fd: int) -> None:
-    for wd in slot.watches:
-        try:
-            sc.inotify_rm_watch(inotify_fd, wd)
-        except OSError:
-            pass  # already gone with its tmpfs
+def close_slot(slot: Slot) -> None:
     for fd in (slot.mntns_fd, slot.ruleset_fd):
         if fd >= 0:
             os.close(fd)
-    slot.watches, slot.mntns_fd, slot.ruleset_fd = [], -1, -1
+    slot.mntns_fd, slot.ruleset_fd = -1, -1
 
 
 def confine(plan: Plan, slot: Slot, chan_fd: int, log_fd: int) -> None:

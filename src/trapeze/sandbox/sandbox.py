@@ -154,8 +154,6 @@ class Sandbox:
         self._ctrl_lock = threading.Lock()
         self._ctrl_poll = select.poll()
         self._ready: deque[_Child] = deque()
-        self._statuses: dict[int, tuple[int, int, float]] = {}
-        self._asked: set[int] = set()
         self._waiting = 0  # callers in _take() without a child yet
         self._extras_due = 0  # extras asked of the zygote and neither arrived nor cancelled
         self._cancelling = 0  # of those, how many a cancel not yet answered may drop
@@ -314,8 +312,6 @@ class Sandbox:
             else:
                 for fd in fds:
                     os.close(fd)
-                if msg["t"] == "exit" and msg["cid"] in self._asked:
-                    self._statuses[msg["cid"]] = (msg["code"], msg["signal"], msg["cpu"])
 
     # Slices in which a waiting caller holds _ctrl_lock, so that others get their turn.
     WAIT_SLICE = 0.05
@@ -358,25 +354,6 @@ class Sandbox:
             finally:
                 self._ctrl_lock.release()
 
-    def _exit_status(self, cid: int, timeout: float) -> tuple[int, int, float] | None:
-        end = time.monotonic() + timeout
-        with self._ctrl_lock:
-            self._asked.add(cid)
-        self._send({"op": "status", "cid": cid})
-        while True:
-            left = end - time.monotonic()
-            if left <= 0 or not self._ctrl_lock.acquire(timeout=left):
-                break
-            try:
-                if cid in self._statuses or self._zygote_dead or self._closed:
-                    break
-                self._pump(min(self.WAIT_SLICE, end - time.monotonic()))
-            finally:
-                self._ctrl_lock.release()
-        with self._ctrl_lock:
-            self._asked.discard(cid)
-            return self._statuses.pop(cid, None)
-
     # --- invocations ----------------------------------------------------------------------
 
     def run(self, event: Any, context: dict[str, Any], on_call: OnCall) -> Outcome:
@@ -414,7 +391,7 @@ class Sandbox:
                 outcome.error = f"timed out after {self.spec.timeout_s:g} s"
             elif ex.status == "eof":
                 outcome.status = "crash"
-                outcome.error = self._crash_reason(child.cid)
+                outcome.error = self._crash_reason(child.pidfd)
             elif ex.status == "protocol":
                 log.warning("function %s: %s; child killed", self.spec.function, ex.error)
         finally:
@@ -426,24 +403,32 @@ class Sandbox:
         outcome.duration_s = time.monotonic() - t0
         return outcome
 
-    def _crash_reason(self, cid: int) -> str:
-        status = self._exit_status(cid, timeout=2.0)
+    def _crash_reason(self, pidfd: int) -> str:
+        """Why the child behind `pidfd` ended without a result, from the kernel's record of
+        its exit (the zygote keeps nothing of its children: docs/security-model.md)."""
+        # The kernel records the status when the zygote has reaped the child, a moment
+        # after the child's exit makes the pidfd readable.
+        end = time.monotonic() + 2.0
+        status = sc.pidfd_exit_status(pidfd)
+        while status is None and time.monotonic() < end:
+            time.sleep(0.002)
+            status = sc.pidfd_exit_status(pidfd)
         if status is None:
             return "the function's process died (exit status unknown)"
-        code, sig, cpu = status
-        # SIGXCPU is the soft limit itself (rusage can read a little under the limit
-        # when it arrives on this VM); SIGKILL with the CPU spent is the hard limit.
-        if sig == signal.SIGXCPU or (
-            sig == signal.SIGKILL and cpu >= self.spec.cpu_limit_s - 0.05
-        ):
-            return (
-                f"the function's process was killed by {signal.Signals(sig).name}: it used "
-                f"{cpu:.2f} s of CPU, the limit is {self.spec.cpu_limit_s} s (RLIMIT_CPU)"
-            )
-        if sig:
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+            if sig == signal.SIGXCPU:
+                return (f"the function's process was killed by SIGXCPU: it reached its CPU "
+                        f"limit of {self.spec.cpu_limit_s} s (RLIMIT_CPU)")
+            if sig == signal.SIGKILL:
+                # Not ours (we kill only after the reply or at the deadline): the kernel's,
+                # at the CPU hard limit (a function that ignored SIGXCPU) or out of memory.
+                return (f"the function's process was killed by SIGKILL: its CPU hard limit "
+                        f"of {self.spec.cpu_limit_s + 1} s (RLIMIT_CPU) or out of memory")
             why = SIGNAL_REASONS.get(sig, "a signal")  # type: ignore[call-overload]
             return f"the function's process was killed by {name}: {why}"
+        code = os.WEXITSTATUS(status)
         if code == 70:
             return "the function's process failed to confine itself (see log)"
         return f"the function's process exited with code {code} without a result"

@@ -14,10 +14,9 @@ talks to the monitor over a SOCK_SEQPACKET control socket (FD) and:
    environment every child inherits;
 4. per slot (a uid, used by one child at a time), once: a mount namespace whose /tmp is the
    slot's own tmpfs, and a Landlock ruleset granting exactly that tmp (confine.make_slot).
-   After a child is reaped its slot is reused only if its tmp shows no sign of use (inotify
-   on the tmp's directories, O_TMPFILE refused by seccomp); otherwise the namespace and the
-   ruleset are dropped and the next child of the slot gets fresh ones. So every child sees a
-   fresh, private tmpfs, as if it had mounted its own, without a mount per child;
+   After each child the namespace and the ruleset are dropped and the slot's next child gets
+   fresh ones, whatever the child did: replacing them only when a child had used its tmp
+   told the next child (by the tmpfs's times) one bit about its predecessor (review);
 5. keeps `pool` children forked and confined ahead of demand (a replacement is forked when a
    pool child exits, after its invocation, not while it runs), forks one-off extras on
    request (dropping those the monitor cancels before they are forked), and hands the
@@ -25,9 +24,12 @@ talks to the monitor over a SOCK_SEQPACKET control socket (FD) and:
    of a fresh PID namespace when it may create processes (declared executables: the
    namespace takes every grandchild down with it) or where Landlock cannot scope signals;
    otherwise seccomp lets it create threads only, which die with it;
-6. reaps children and keeps their exit status for the monitor, which asks for it when it
-   needs a crash reason. It never reads from a child, and a child has no descriptor
-   leading to the zygote.
+6. keeps nothing a child could read about its predecessors: every child is a copy of the
+   zygote's memory, so the zygote never reads a child's exit status or resource use (it
+   reaps with waitid() given no buffers; the monitor reads an exit status from its own
+   pidfd), never watches what a child did, and numbers children at random. It only
+   learns that a child has exited (its pidfd), never reads from a child, and a child has no
+   descriptor leading to the zygote.
 
 The zygote must stay single-threaded: fork() with another thread holding a lock deadlocks
 the child, and unshare(CLONE_NEWUSER) refuses multi-threaded callers.
@@ -68,7 +70,6 @@ from trapeze.sandbox.confine import (
 )
 
 CONTROL_MAX = 1 << 20
-RECENT_STATUSES = 1024  # exit statuses kept for the monitor to ask about (crash reasons)
 
 
 class Fatal(Exception):
@@ -296,13 +297,12 @@ def main() -> None:
         # Each live slot holds two descriptors (namespace, ruleset).
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        self_pidns = base_mntns = inotify_fd = -1
+        self_pidns = base_mntns = -1
         if mode != MODE_NONE:
             # setns() back to our own PID namespace before each unshare(CLONE_NEWPID): the
             # kernel only allows a new child namespace while pid_for_children is the active one.
             self_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             base_mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-            inotify_fd = sc.inotify_init()
         threads = _thread_count()
         if threads != 1:
             raise Fatal("single-threaded zygote", f"{threads} threads after preload")
@@ -322,40 +322,20 @@ def main() -> None:
     uid_base: int = cfg["uid_base"]
     free_slots = list(range(cfg["max_slots"] - 1, -1, -1))
     slots: dict[int, Slot] = {}  # index -> prepared slot (namespace, ruleset)
-    watch_owner: dict[int, int] = {}  # inotify wd -> slot index
-    dirty: set[int] = set()
-    # pidfd -> (cid, slot, pid, replace when it exits)
-    children: dict[int, tuple[int, int, int, bool]] = {}
-    recent: dict[int, tuple[int, int, float]] = {}  # cid -> (code, signal, cpu), bounded
-    asked: set[int] = set()  # cids the monitor asked about before they were reaped
-    next_cid = 1
+    # pidfd -> (slot, replace when it exits). Nothing else of a child is kept (module doc 6).
+    children: dict[int, tuple[int, bool]] = {}
     # Children to fork: pool children (replaced when they exit) and one-off extras.
     pool_pending = extras_pending = 0
     pool = 0
     sel = selectors.DefaultSelector()
     sel.register(ctrl, selectors.EVENT_READ)
 
-    def note_events() -> None:
-        for wd, mask in sc.inotify_read(inotify_fd):
-            if mask & sc.IN_Q_OVERFLOW:
-                dirty.update(slots)  # events were lost: trust no slot
-            elif wd in watch_owner:
-                dirty.add(watch_owner[wd])
-
     def get_slot(index: int) -> Slot:
         slot = slots.get(index)
         if slot is None:
-            slot = make_slot(plan, index, uid_base + index, base_mntns, inotify_fd)
-            note_events()
-            dirty.discard(index)  # the zygote's own setup, not a child's use
+            slot = make_slot(plan, index, uid_base + index, base_mntns)
             slots[index] = slot
-            for wd in slot.watches:
-                watch_owner[wd] = index
         return slot
-
-    def report(cid: int, status: tuple[int, int, float]) -> None:
-        code, sig, cpu = status
-        _send(ctrl, {"t": "exit", "cid": cid, "code": code, "signal": sig, "cpu": cpu})
 
     while True:
         # One fork per turn, then the control socket: a cancel must reach the extras still
@@ -372,8 +352,8 @@ def main() -> None:
                 slot = Slot(index, uid_base + index)
             else:
                 slot = get_slot(index)
-            cid = next_cid
-            next_cid += 1
+            # At random, not counted: a count would tell each child how many ran before it.
+            cid = int.from_bytes(os.urandom(6), "big")
             parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             log_r, log_w = os.pipe2(os.O_CLOEXEC)
             if plan.pidns_per_child:
@@ -381,7 +361,6 @@ def main() -> None:
                 sc.unshare(sc.CLONE_NEWPID)
             pid = sc.fork_bare()  # single-threaded: checked at start-up
             if pid == 0:
-                sel.close()
                 _child(plan, slot, child_end.fileno(), log_w, modules)
             pidfd = os.pidfd_open(pid)
             # As the init of our own PID namespace (user-namespace mode), tell the monitor the
@@ -393,7 +372,7 @@ def main() -> None:
             child_end.close()
             os.close(log_r)
             os.close(log_w)
-            children[pidfd] = (cid, index, pid, replace)
+            children[pidfd] = (index, replace)
             sel.register(pidfd, selectors.EVENT_READ)
         more = (pool_pending or extras_pending) and free_slots
         for key, _ in sel.select(0 if more else None):
@@ -419,47 +398,21 @@ def main() -> None:
                     dropped = min(to_drop, extras_pending)
                     extras_pending -= dropped
                     _send(ctrl, {"t": "cancelled", "asked": to_drop, "dropped": dropped})
-                elif op == "status":
-                    cid = int(msg["cid"])
-                    if cid in recent:
-                        report(cid, recent.pop(cid))
-                    else:
-                        asked.add(cid)
                 continue
+            # A child has exited (every process of it: its threads with it; with a PID
+            # namespace, the kernel killed the rest when its init died). Nothing of how.
             pidfd = key.fd
             sel.unregister(pidfd)
-            cid, index, pid, replace = children.pop(pidfd)
-            # wait4 rather than waitid: its rusage tells a CPU-limit kill from others.
-            _, status, usage = os.wait4(pid, 0)
+            sc.reap(pidfd)  # no status, no rusage (module doc 6)
             os.close(pidfd)
-            cpu = usage.ru_utime + usage.ru_stime
-            # Only the status goes to the monitor; the zygote keeps nothing else of the child.
-            if os.WIFEXITED(status):
-                code, sig = os.WEXITSTATUS(status), 0
-            else:
-                code, sig = -1, os.WTERMSIG(status)
-            if cid in asked:
-                asked.discard(cid)
-                report(cid, (code, sig, cpu))
-            else:
-                recent[cid] = (code, sig, cpu)
-                if len(recent) > RECENT_STATUSES:
-                    del recent[next(iter(recent))]
+            index, replace = children.pop(pidfd)
             if mode != MODE_NONE:
-                # Every process of the child is gone (its threads with it; with a PID
-                # namespace, the kernel killed the rest before the init could be reaped):
-                # whatever it did to its tmp is in the inotify queue now.
-                note_events()
-                if index in dirty:
-                    dirty.discard(index)
-                    slot = slots.pop(index)
-                    for wd in slot.watches:
-                        watch_owner.pop(wd, None)
-                    close_slot(slot, inotify_fd)
+                # A fresh namespace and tmpfs for the slot's next child, whatever this one did.
+                close_slot(slots.pop(index))
             free_slots.append(index)
             # Replace a pool child after its invocation (not while it runs), unless the
             # pool has shrunk since.
-            if replace and pool > sum(c[3] for c in children.values()) + pool_pending:
+            if replace and pool > sum(c[1] for c in children.values()) + pool_pending:
                 pool_pending += 1
 
 
