@@ -41,6 +41,17 @@ def contend(url: str, worker: int, labels: list[str], n: int) -> list[tuple[Any,
     return acked
 
 
+def intern_and_write(url: str, writes: list[tuple[str, str, Any]]) -> list[tuple[Any, ...]]:
+    """Write (key, label, value) in order, most at labels the parent has never seen (so this
+    process interns them); returns (seq, key, label, value, tombstone) per write."""
+    acked: list[tuple[Any, ...]] = []
+    with open_store(url, hello_retail()) as store:
+        for key, label, value in writes:
+            seq = store.put_seq("t", key, value, label=label, tombstone=value is None)
+            acked.append((seq, key, label, value, value is None))
+    return acked
+
+
 def crash_writer(url: str) -> None:
     """Write forever, printing each write after put() returned (i.e. after commit)."""
     labels = ["public", "client:alice", "photographer:bob", "owner"]

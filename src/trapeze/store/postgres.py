@@ -17,10 +17,12 @@ database's locale. Labels are interned in ``facet_labels(id, label)`` with dense
 0, 1, 2, ... allocated under a table lock (so ids are committed in order), never changed.
 
 Visibility. As in SQLite, the reader binds a byte map (byte i = 1 iff label i ⊑ reader), built
-in Python from the lattice once per snapshot of ``facet_labels``. PostgreSQL cannot call back
+in Python from the lattice over a snapshot of ``facet_labels``. PostgreSQL cannot call back
 into Python, so a facet whose label id is beyond the map (interned elsewhere after our
 snapshot) is *kept* by the query as "undecided" and returned with its id; the caller then
-reloads the snapshot and asks again. Answers therefore never depend on the snapshot.
+reloads the snapshot and asks again. Answers therefore never depend on the snapshot. A
+reload reads only the rows past the snapshot and the cached maps gain the new ids alone
+(``_Labels``), as in SQLite.
 
 The write rule is one call of the PL/pgSQL function ``facet_put`` (one round trip, like the
 plain store's upsert): it takes a transaction-scoped advisory lock on the key, which
@@ -453,38 +455,81 @@ def _join_value(jvalue: str | None, bvalue: bytes | None) -> Value:
 # ---------------------------------------------------------------------------------- faceted
 
 
+# Label maps memoised per snapshot (and carried over); emptied rather than grown beyond this
+# many labels (a map is one byte per stored label).
+_MAX_CACHED_LABELS = 4096
+
+
 class _Labels:
     """One snapshot of facet_labels with the maps derived from it (never mutated but for
-    the memo dicts, whose races only recompute a value)."""
+    the memo dicts, whose races only recompute a value).
 
-    def __init__(self, rows: list[tuple[int, str]], flows: Callable[[str, str], bool]) -> None:
-        self.n = max((i for i, _ in rows), default=-1) + 1
-        self.names: list[str | None] = [None] * self.n
-        for i, name in rows:
-            self.names[i] = name
-        self.ids = {name: i for i, name in rows}
+    Ids are dense from 0 and committed in order (facet_intern), never changed or deleted, so a
+    later snapshot only adds ids ≥ ``n``: ``extended`` builds it from this one and the rows
+    from ``n`` on. The maps are carried over lazily, as in SQLite's ``_LabelCache``: a new
+    snapshot starts with empty memo dicts, and a label's map is the latest one any snapshot of
+    this store built for it (``_known_*``, shared) extended by one ``flows`` call per id it
+    lacks, not rebuilt with one per stored label.
+    """
+
+    def __init__(self, flows: Callable[[str, str], bool]) -> None:
+        """The empty snapshot (before the first load)."""
+        self.n = 0
+        self.names: list[str | None] = []
+        self.ids: dict[str, int] = {}
         self._flows = flows
         self.readers: dict[str, bytes] = {}
         self.uppers: dict[str, bytes] = {}
+        self._known_readers: dict[str, bytes] = {}
+        self._known_uppers: dict[str, bytes] = {}
+
+    def extended(self, rows: list[tuple[int, str]]) -> _Labels:
+        """The snapshot that adds ``rows`` (rows of facet_labels with id ≥ ``n``) to this one."""
+        new = _Labels(self._flows)
+        n = max(self.n, 1 + max((i for i, _ in rows), default=-1))
+        names = self.names + [None] * (n - self.n)
+        ids = self.ids.copy()
+        for i, name in rows:
+            if i >= self.n:
+                names[i] = name
+                ids[name] = i
+        new.n, new.names, new.ids = n, names, ids
+        new._known_readers = self._known_readers
+        new._known_uppers = self._known_uppers
+        return new
 
     def reader(self, label: str) -> bytes:
         m = self.readers.get(label)
         if m is None:
-            f = self._flows
-            m = bytes(name is not None and f(name, label) for name in self.names)
-            if len(self.readers) >= 4096:  # bound memory if labels are per-user and many
-                self.readers.clear()
-            self.readers[label] = m
+            m = self._carry(self.readers, self._known_readers, label, False)
         return m
 
     def upper(self, label: str) -> bytes:
         m = self.uppers.get(label)
         if m is None:
+            m = self._carry(self.uppers, self._known_uppers, label, True)
+        return m
+
+    def _carry(self, memo: dict[str, bytes], known: dict[str, bytes], label: str,
+               up: bool) -> bytes:
+        """``label``'s map (byte i: label i ⊑ label, or label ⊑ label i when ``up``) over this
+        snapshot: the latest one built, extended by the ids it lacks."""
+        m = known.get(label, b"")
+        n = self.n
+        if len(m) < n:  # a longer one (from a later snapshot) is as good
             f = self._flows
-            m = bytes(name is not None and f(label, name) for name in self.names)
-            if len(self.uppers) >= 4096:
-                self.uppers.clear()
-            self.uppers[label] = m
+            new = self.names[len(m) : n]
+            if up:
+                m += bytes(name is not None and f(label, name) for name in new)
+            else:
+                m += bytes(name is not None and f(name, label) for name in new)
+        # Bound memory if labels are per-user and many.
+        if len(memo) >= _MAX_CACHED_LABELS:
+            memo.clear()
+        memo[label] = m
+        if len(known) >= _MAX_CACHED_LABELS:
+            known.clear()
+        known[label] = m
         return m
 
 
@@ -519,7 +564,8 @@ _F_RAW = (
 )
 _F_PUT = "SELECT {s}.facet_put(%s, %s, %s, %s, %s, %s, %s)"
 _F_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))"
-_F_LABELS = "SELECT id, label FROM {s}.facet_labels ORDER BY id"
+# The rows a snapshot of n ids lacks (ids are dense and only grow: see _Labels).
+_F_LABELS = "SELECT id, label FROM {s}.facet_labels WHERE id >= %s ORDER BY id"
 _F_INTERN = "SELECT {s}.facet_intern(%s)"
 # integrity_check: what must hold whatever the lattice (the write rule itself needs it and is
 # checked by the tests on raw_facets).
@@ -567,7 +613,7 @@ class PostgresFacetedStore(FacetedStore):
             config, lambda c: _ensure_schema(c, s, ("faceted", "system"), config.target)
         )
         self._reload_lock = threading.Lock()
-        self._cache = _Labels([], flows)
+        self._cache = _Labels(flows)
         self._load_labels()
         self.system = PostgresSystemTables(self._pool, lattice)
 
@@ -576,14 +622,22 @@ class PostgresFacetedStore(FacetedStore):
 
     # -- label snapshot
     def _load_labels(self) -> _Labels:
+        """Bring the snapshot up to date: read only the rows of facet_labels past it and
+        extend it with them (see _Labels). Returns the current snapshot."""
+        old = self._cache
         with self._pool.conn() as conn:
-            rows = conn.execute(self._sql["labels"]).fetchall()
-        cache = _Labels([(int(i), str(lab)) for i, lab in rows], self._flows)
+            rows = conn.execute(self._sql["labels"], (old.n,)).fetchall()
         with self._reload_lock:
-            # Another thread may have loaded a newer snapshot meanwhile: keep the larger.
-            if cache.n >= self._cache.n:
+            # Another thread may have extended it meanwhile, from an older or a newer read of
+            # the table: both are prefixes of the same sequence of ids, so add what it lacks.
+            # (Not the query under the lock: a thread holding a pooled connection in a
+            # conditional put may wait for it.)
+            cache = self._cache
+            new = [(int(i), str(lab)) for i, lab in rows if int(i) >= cache.n]
+            if new:
+                cache = cache.extended(new)
                 self._cache = cache
-            return self._cache
+            return cache
 
     def _reader_map(self, label: str) -> bytes:
         cache = self._cache

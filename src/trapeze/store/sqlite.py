@@ -6,12 +6,15 @@ is a reverse range scan that stops at the first visible facet. Labels are intern
 ``facet_labels(id, label)`` (rows never updated or deleted) and facets store the id. The
 schema version is recorded in ``trapeze_schema`` (see ``_ensure_schema``).
 
-Visibility without Python callbacks. Per reader label the store builds, once per snapshot of
+Visibility without Python callbacks. Per reader label the store builds, from its snapshot of
 ``facet_labels``, a bit mask (or, past 63 label ids, a byte map) of the stored labels that flow
 to the reader and binds it to the query: the per-row test is ``(mask >> lid) & 1``, evaluated
 in C. Ids the snapshot does not know (labels another process interned since) pass the test,
 and the query returns the lid with the row: the store then reloads the snapshot and asks
-again, so answers never depend on how fresh the snapshot is.
+again, so answers never depend on how fresh the snapshot is. Ids are max(id) + 1 under the
+write lock, never reused or deleted, so the snapshot grows incrementally: a reload reads only
+the rows past it, and a cached map gains the new ids alone (``_LabelCache``), so a stream of
+new labels does not make every caller rebuild a map over all stored labels.
 
 seq is a hybrid timestamp: ``max(time.time_ns() of the writer, max seq of the key + 1)``,
 decided under SQLite's write lock. The semantics only compare seqs of facets of the same key
@@ -416,13 +419,15 @@ _F_TABLES = {
     m: "SELECT tbl, max(lid) FROM facets WHERE " + _vis("?1", m) + " GROUP BY tbl ORDER BY tbl"
     for m in _MASKED
 }
-_F_LABELS = "SELECT id, label FROM facet_labels"
+# The rows a snapshot of n ids lacks (ids only grow: see _LabelCache).
+_F_LABELS = "SELECT id, label FROM facet_labels WHERE id >= ?1"
 # The lid column of _F_TABLES, _F_FACETS and _F_SCAN rows (C-level, for the undecided check).
 _COL1, _COL2, _COL3 = itemgetter(1), itemgetter(2), itemgetter(3)
 _F_INTERN = "INSERT OR IGNORE INTO facet_labels (label) VALUES (?1)"
 
-# Readers and writers whose maps are cached per snapshot of facet_labels; beyond this the
-# cache is emptied rather than grown (a byte map is one byte per stored label).
+# Maps cached per snapshot of facet_labels (readers, writers, upward maps), and the latest
+# ones kept to carry over to the next snapshot; beyond this many labels a dict is emptied
+# rather than grown (a byte map is one byte per stored label).
 _MAX_CACHED_LABELS = 4096
 # Label ids 0..62 fit an SQLite integer (signed 64-bit) as a bit mask.
 _MASK_BITS = 63
@@ -444,37 +449,86 @@ class _LabelCache:
     ``reader(l)`` is the visibility map of ``l`` (see ``_vis``); ``writer(l)`` the write
     rule's inputs for a writer at ``l``; ``above(i)`` the upward byte map of stored label i
     (byte j is 1 iff label i ⊑ label j). Ids are assigned as max(id) + 1 under SQLite's write
-    lock and never reused, and the snapshot is a whole committed table, so every id below
-    ``n`` is in it; a facet with an id ≥ ``n`` (a label another process interned since) is
-    undecided here, and makes the store reload the snapshot.
+    lock and never reused, changed or deleted, so every id below ``n`` that will ever exist is
+    in the snapshot, and a later snapshot only adds ids ≥ ``n``; a facet with an id ≥ ``n`` (a
+    label another process interned since) is undecided here, and makes the store extend the
+    snapshot (``extended``, with the rows from ``n`` on).
+
+    Growth is incremental. A new snapshot copies the names and ids of the old one (no lattice
+    call) and starts with empty entry dicts, so the hot path (one dict lookup) is unchanged;
+    an entry missing there is carried over from the latest entry any snapshot of this store
+    built for the label (``_known_*``, shared by the snapshots, each entry carrying the size it
+    covers) by computing the ids it lacks only: a new label costs each caller label one
+    ``flows`` call per map, when the label next calls, not one per stored label, and costs
+    nothing for labels that do not call again.
     """
 
-    def __init__(self, rows: list[tuple[int, str]], flows: Callable[[str, str], bool]):
-        self.n = 1 + max((i for i, _ in rows), default=0)
-        names: list[str | None] = [None] * self.n
-        for i, lab in rows:
-            names[i] = lab
-        self.names = names
-        self.ids = {lab: i for i, lab in rows}
+    def __init__(self, flows: Callable[[str, str], bool]) -> None:
+        """The empty snapshot (before the first load)."""
+        self.n = 0
+        self.names: list[str | None] = []
+        self.ids: dict[str, int] = {}
         self._flows = flows
         self.readers: dict[str, _Reader] = {}
         self.writers: dict[str, _Writer] = {}
         self.uppers: dict[int, bytes] = {}
+        # The latest reader entry / upward map built for each label (id), whatever the
+        # snapshot: a valid start for any snapshot, since names never change.
+        self._known_readers: dict[str, _Reader] = {}
+        self._known_uppers: dict[int, bytes] = {}
+
+    def extended(self, rows: list[tuple[int, str]]) -> _LabelCache:
+        """The snapshot that adds ``rows`` (rows of facet_labels with id ≥ ``n``) to this one."""
+        new = _LabelCache(self._flows)
+        n = max(self.n, 1 + max((i for i, _ in rows), default=-1))
+        names = self.names + [None] * (n - self.n)
+        ids = self.ids.copy()
+        for i, lab in rows:
+            if i >= self.n:  # ids below n never appear later (see above)
+                names[i] = lab
+                ids[lab] = i
+        new.n, new.names, new.ids = n, names, ids
+        new._known_readers = self._known_readers
+        new._known_uppers = self._known_uppers
+        return new
 
     def reader(self, label: str) -> _Reader:
+        known = self._known_readers
+        prev = known.get(label)
+        if prev is not None and prev[2] >= self.n:
+            entry = prev  # built by this or a later snapshot: it decides every id we know
+        else:
+            vis: int | bytes = 0
+            lo = 0
+            if prev is not None:
+                vis, lo = prev[1], prev[2]
+            vis = self._extend_vis(label, vis, lo)
+            entry = (_F_GET[self.n <= _MASK_BITS], vis, self.n)
         if len(self.readers) >= _MAX_CACHED_LABELS:
             self.readers.clear()
-        flows = self._flows
-        bits = [name is not None and flows(name, label) for name in self.names]
-        vis: int | bytes
-        if self.n <= _MASK_BITS:
-            # Bits n.. set: facets with ids the snapshot does not know come back undecided.
-            vis = sum(1 << i for i, bit in enumerate(bits) if bit) | (-1 << self.n)
-        else:
-            vis = bytes(bits)
-        entry = (_F_GET[self.n <= _MASK_BITS], vis, self.n)
         self.readers[label] = entry
+        if len(known) >= _MAX_CACHED_LABELS:
+            known.clear()
+        known[label] = entry
         return entry
+
+    def _extend_vis(self, label: str, vis: int | bytes, lo: int) -> int | bytes:
+        """``vis``, the visibility map of ``label`` over ids 0 .. lo - 1, over 0 .. n - 1:
+        one ``flows`` call per id from ``lo`` on."""
+        hi = self.n
+        flows = self._flows
+        bits = [name is not None and flows(name, label) for name in self.names[lo:hi]]
+        if hi <= _MASK_BITS:
+            assert isinstance(vis, int)
+            mask = vis & ((1 << lo) - 1)  # drop the "undecided" bits from lo up
+            for i, bit in enumerate(bits, lo):
+                if bit:
+                    mask |= 1 << i
+            # Bits hi.. set: facets with ids the snapshot does not know come back undecided.
+            return mask | (-1 << hi)
+        if isinstance(vis, int):  # the snapshot outgrew a mask: the same bits as bytes
+            vis = bytes((vis >> i) & 1 for i in range(lo))
+        return vis + bytes(bits)
 
     def writer(self, label: str, lid: int) -> _Writer:
         if len(self.writers) >= _MAX_CACHED_LABELS:
@@ -482,7 +536,7 @@ class _LabelCache:
         entry: _Writer = (lid, 0, 0)  # too many ids for a mask: the trigger asks Python
         if self.n <= _MASK_BITS:
             up = self.above(lid)
-            entry = (lid, sum(1 << i for i, bit in enumerate(up) if bit), self.n)
+            entry = (lid, sum(1 << i for i, bit in enumerate(up[: self.n]) if bit), self.n)
         self.writers[label] = entry
         return entry
 
@@ -492,11 +546,18 @@ class _LabelCache:
             label = self.names[lid] if 0 <= lid < self.n else None
             if label is None:
                 return b""  # unknown here: every facet is undecided
+            known = self._known_uppers
+            up = known.get(lid, b"")
+            if len(up) < self.n:
+                flows = self._flows
+                up += bytes(name is not None and flows(label, name)
+                            for name in self.names[len(up) : self.n])
             if len(self.uppers) >= _MAX_CACHED_LABELS:
                 self.uppers.clear()
-            flows = self._flows
-            up = bytes(name is not None and flows(label, name) for name in self.names)
             self.uppers[lid] = up
+            if len(known) >= _MAX_CACHED_LABELS:
+                known.clear()
+            known[lid] = up
         return up
 
 
@@ -528,6 +589,7 @@ class SqliteFacetedStore(FacetedStore):
             if lid < len(up):
                 return bool(up[lid])
             self._why.retry = "labels"
+            self._why.lid = lid
             raise _Retry(lid)
 
         def seq_taken_sql() -> bool:
@@ -552,7 +614,7 @@ class SqliteFacetedStore(FacetedStore):
         # Seqs of our own committed writes, per (table, key, label id): the trigger's w_from.
         self._hints: dict[tuple[str, str, int], int] = {}
         # Why the trigger failed this thread's last write (.retry): "labels"
-        # (trapeze_write_rule met a label id no snapshot knew: reload, write again) or "seq"
+        # (trapeze_write_rule met a label id, .lid, no snapshot knew: reload, write again) or "seq"
         # (trapeze_seq_taken: write again with _F_PUT_AFTER). Per thread: the SQL functions run
         # on the thread that executes the statement, and a reason read by another thread's
         # failed write would leave this one without its own.
@@ -561,6 +623,11 @@ class SqliteFacetedStore(FacetedStore):
         self._wlock = WriterLock(config.path, config.busy_timeout_ms / 1000)
         with self._wlock.transaction(self._conns.get()) as conn:
             _ensure_schema(conn, config.path)
+        # Serialises the extension of the snapshot (not its use: readers never take it).
+        self._reload_lock = threading.Lock()
+        self._cache = _LabelCache(flows)
+        self._readers = self._cache.readers
+        self._writers = self._cache.writers
         self._load_labels()
         self.system = SystemTables(self._conns.get, lattice, self._wlock)
 
@@ -569,14 +636,25 @@ class SqliteFacetedStore(FacetedStore):
 
     # -- label maps
     def _load_labels(self) -> _LabelCache:
-        rows = self._conns.get().execute(_F_LABELS).fetchall()
-        cache = _LabelCache(rows, self._flows)
-        # Readers index these dicts directly (one attribute lookup on the hot path); they are
-        # replaced together with the snapshot, and every entry carries its own snapshot size.
-        self._cache = cache
-        self._readers = cache.readers
-        self._writers = cache.writers
-        return cache
+        """Bring the snapshot up to date: read only the rows of facet_labels past it (ids are
+        max + 1, never reused or deleted) and extend it with them; the maps of the labels
+        already cached are carried over (see _LabelCache). Returns the current snapshot."""
+        old = self._cache
+        rows = self._conns.get().execute(_F_LABELS, (old.n,)).fetchall()
+        with self._reload_lock:
+            # Another thread may have extended it meanwhile, from an older or a newer read of
+            # the table: both are prefixes of the same sequence of ids, so add what it lacks.
+            cache = self._cache
+            new = [row for row in rows if row[0] >= cache.n]
+            if new:
+                cache = cache.extended(new)
+                # Readers index these dicts directly (one attribute lookup on the hot path);
+                # they are replaced together with the snapshot, and every entry carries its own
+                # snapshot size.
+                self._cache = cache
+                self._readers = cache.readers
+                self._writers = cache.writers
+            return cache
 
     def _reload_for(self, lid: int) -> None:
         """Reload the labels because a facet had id ``lid``, unknown to our snapshot."""
@@ -619,8 +697,9 @@ class SqliteFacetedStore(FacetedStore):
                 if reason == "seq":
                     after = True
                 elif reason == "labels":
-                    before = self._cache.n
-                    if self._load_labels().n == before:
+                    # The id the trigger met: another thread may have extended the snapshot
+                    # since, so only a snapshot that still lacks it means a broken file.
+                    if self._load_labels().n <= getattr(self._why, "lid", -1):
                         raise TrapezeError(
                             f"store file {self.config.path} is inconsistent: a facet's label "
                             "id is not in facet_labels (check it with integrity_check())"
