@@ -117,8 +117,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     app = App.load(args.app)
     event = _read_event(args)
     with app.start(_store_url(args, app), confine=not args.unconfined_dev,
-                   executor=args.executor, ray_address=args.ray_address,
-                   allow_dev_tokens=args.allow_dev_tokens) as rt:
+                   executor=args.executor, ray_address=args.ray_address) as rt:
         result = rt.invoke(args.function, event, as_principal=args.as_principal,
                            as_label=args.label)
     print(json.dumps({"status": result.status, "value": _jsonable(result.value),
