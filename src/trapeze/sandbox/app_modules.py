@@ -109,21 +109,27 @@ class AppModules:
         app_dir = os.path.normpath(app_dir)
         self = cls(app_dir)
         for path, st in _app_sources(app_dir):
+            # App source is attacker input to the zygote: a file too deep, too large or
+            # otherwise pathological to parse, compile or analyse here is skipped, never
+            # fatal (the zygote would not start); the child's own import then compiles it
+            # and reports any error in the invocation's log.
             try:
                 with open(path, "rb") as fh:
                     source = fh.read()
                 tree = ast.parse(source, path)
                 code = compile(tree, path, "exec", dont_inherit=True)
-            except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
-                continue  # the child's import reports it, in the invocation's log
+                stdlib = _stdlib_imports(tree)
+                patterns = _literal_patterns(tree) if len(self.patterns) < MAX_PATTERNS \
+                    else set()
+            except (OSError, SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
+                continue
             _CODES[path] = (st.st_mtime_ns, st.st_size, code)
             folder = os.path.dirname(path)
             while folder not in self.code_dirs and path_within(folder, app_dir):
                 self.code_dirs.add(folder)
                 folder = os.path.dirname(folder)
-            self.stdlib |= _stdlib_imports(tree)
-            if len(self.patterns) < MAX_PATTERNS:
-                self.patterns |= _literal_patterns(tree)
+            self.stdlib |= stdlib
+            self.patterns |= patterns
         self._index(app_dir, "")
         self._finder = AppModuleFinder(self.specs)
         return self
@@ -182,7 +188,8 @@ class AppModules:
         """Fill `re`'s cache with the app's literal regular expressions: a module-level
         `re.compile(r"...")` then costs a child a dictionary lookup instead of running the
         pattern compiler (~0.5 ms for Hello Retail's date-time pattern, more in a fresh
-        child). Compiling a pattern runs no app code; an invalid one is left to the child."""
+        child). Compiling a pattern runs no app code; an invalid or pathological one (re.error,
+        too deeply nested, too large) is left to the child, whose own compile reports it."""
         if not self.patterns or "re" not in sys.modules:
             return
         import re
@@ -190,7 +197,7 @@ class AppModules:
         for pattern, flags in sorted(self.patterns, key=repr)[:MAX_PATTERNS]:
             try:
                 re.compile(pattern, flags)
-            except (re.error, TypeError, ValueError, OverflowError, RecursionError):
+            except Exception:  # noqa: S112 - re.error, RecursionError, MemoryError, ...
                 continue
 
     def install_finder(self) -> None:
@@ -244,7 +251,9 @@ def _app_sources(app_dir: str) -> list[tuple[str, os.stat_result]]:
     or root of its user namespace), and a code object carries the file's text, so a file
     the child's uid may not read (no read bit for others, or a folder above it without the
     search bit) or a symbolic link leading out of the app directory is left to the child's
-    own import, which then succeeds or fails as the file's permissions say."""
+    own import, which then succeeds or fails as the file's permissions say. A link is
+    followed by the child's open() too, so the folders above its target must be searchable
+    as well as those above the link itself."""
     found: list[tuple[str, os.stat_result]] = []
     budget = PRECOMPILE_MAX_BYTES
     seen = 0
@@ -267,6 +276,7 @@ def _app_sources(app_dir: str) -> list[tuple[str, os.stat_result]]:
                 continue
             if (not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IROTH
                     or not path_within(real, real_app)
+                    or not _searchable_by_others(real_app, os.path.dirname(real))
                     or st.st_size > budget):
                 continue
             budget -= st.st_size
@@ -326,12 +336,19 @@ def _literal_patterns(tree: ast.AST) -> set[tuple[str | bytes, int]]:
 
 
 def _flags_value(node: ast.expr) -> int | None:
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-            and node.value.id == "re":
-        return _RE_FLAGS.get(node.attr)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        left, right = _flags_value(node.left), _flags_value(node.right)
-        return None if left is None or right is None else left | right
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        return node.value
-    return None
+    """The value of `re.I | re.M | 4`..., or None. Iterative: an operand chain is as deep
+    as the app's source makes it."""
+    value = 0
+    pending = [node]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            pending += (node.left, node.right)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "re" and node.attr in _RE_FLAGS:
+            value |= _RE_FLAGS[node.attr]
+        elif isinstance(node, ast.Constant) and type(node.value) is int:
+            value |= node.value
+        else:
+            return None
+    return value

@@ -21,7 +21,14 @@ Policy:
   whether a slot's tmp must be replaced before its next child (zygote.py);
 - without declared executables, kill() only with a pid >= 0: the child is alone in its
   process group, so a negative pid could only aim at others (Landlock scoping and the
-  per-slot uid refuse those too; this makes kill(-1) fail loudly instead of returning 0).
+  per-slot uid refuse those too; this makes kill(-1) fail loudly instead of returning 0);
+- socketpair() only for AF_UNIX stream and seqpacket pairs, sendto() only without a
+  destination address: a datagram socket would reach any pathname socket on the host;
+- no file locks (flock, fcntl's locks and leases), no change of a file's mode, times or
+  attributes (chmod, utime families, ioctl FS_IOC_SETFLAGS), and only a few fcntl commands
+  and ioctl requests: locks on a shared read-only file signal between concurrent
+  invocations, and metadata of a file the child owns (in the user-namespace mode, the
+  deploying user's files) is state Landlock does not govern. See _ALLOWED.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ import tempfile
 
 from trapeze.sandbox import syscalls
 
-# Syscalls CPython, glibc, threads, numpy and the guest runtime need. Everything that acts
-# on existing descriptors is fine: the child holds only its own socket, pipe and files.
+# Syscalls CPython, glibc, threads, numpy and the guest runtime need. Reading and writing
+# existing descriptors is fine: the child holds only its own socket, pipe and files (but a
+# file may be shared with other invocations: locks and metadata are not, see below).
 _ALLOWED = (
     # files and descriptors (Landlock decides which paths)
     "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
@@ -40,9 +48,9 @@ _ALLOWED = (
     "lstat", "statx", "access", "faccessat", "faccessat2", "readlink", "readlinkat",
     "getdents64", "getcwd", "chdir", "fchdir", "creat",
     "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
-    "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat", "truncate",
-    "ftruncate", "fallocate", "fsync", "fdatasync", "utimensat", "flock", "fcntl", "dup",
-    "dup2", "dup3", "pipe", "pipe2", "ioctl", "fadvise64", "statfs", "fstatfs",
+    "link", "linkat", "symlink", "symlinkat", "truncate",
+    "ftruncate", "fallocate", "fsync", "fdatasync", "dup",
+    "dup2", "dup3", "pipe", "pipe2", "fadvise64", "statfs", "fstatfs",
     "copy_file_range", "sendfile", "getxattr", "lgetxattr", "fgetxattr", "listxattr",
     "llistxattr", "flistxattr", "umask",
     # memory
@@ -69,9 +77,43 @@ _ALLOWED = (
     "select", "pselect6", "poll", "ppoll", "epoll_create", "epoll_create1", "epoll_ctl",
     "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd", "eventfd2", "timerfd_create",
     "timerfd_settime", "timerfd_gettime", "signalfd4",
-    # the inherited channel to the monitor (no new sockets: see socketpair below)
-    "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown", "getsockopt", "setsockopt",
+    # the inherited channel to the monitor and socketpairs: connected stream or seqpacket
+    # sockets only (no socket(), connect(), bind(); socketpair and sendto have rules below)
+    "recvfrom", "sendmsg", "recvmsg", "shutdown", "getsockopt", "setsockopt",
     "getsockname", "getpeername",
+)
+# Denied by omission (EPERM), and worth naming: chmod, fchmod, fchmodat, fchmodat2, utime,
+# utimes, utimensat, futimesat and the chown family change the metadata of a file the child
+# owns -- in the user-namespace mode, every file of the deploying user it can reach, app
+# files included, which Landlock does not govern: state that would outlive the invocation
+# and be read by the next one, at any label. flock, and fcntl's record locks, leases and
+# notifications (see _FCNTL_COMMANDS), on a file every child can open would let two
+# concurrent invocations signal each other across labels.
+
+# fcntl commands on the child's own descriptors: descriptor flags, status flags (O_NONBLOCK,
+# O_APPEND), duplication, reading seals. Not F_SETLK/F_SETLKW/F_GETLK and their F_OFD_
+# forms, F_SETLEASE/F_GETLEASE, F_NOTIFY, F_SETOWN*/F_SETSIG (signals to others),
+# F_SETPIPE_SZ (growing the log pipe): EPERM.
+_FCNTL_COMMANDS = (
+    0,  # F_DUPFD
+    1,  # F_GETFD
+    2,  # F_SETFD
+    3,  # F_GETFL
+    4,  # F_SETFL
+    1030,  # F_DUPFD_CLOEXEC
+    1034,  # F_GET_SEALS
+)
+
+# ioctl requests: what CPython and glibc issue on their own. Every other request -- among
+# them FS_IOC_SETFLAGS/FS_IOC_FSSETXATTR (file attributes, which Landlock does not govern
+# either), FICLONE, terminal and socket configuration -- fails with EPERM.
+_IOCTL_COMMANDS = (
+    0x5401,  # TCGETS: isatty(), tcgetattr()
+    0x5413,  # TIOCGWINSZ: os.get_terminal_size()
+    0x541B,  # FIONREAD: bytes waiting on a pipe or socket
+    0x5421,  # FIONBIO: socket.setblocking()
+    0x5450,  # FIONCLEX: os.set_inheritable(fd, True)
+    0x5451,  # FIOCLEX: os.set_inheritable(fd, False)
 )
 
 # Only with declared executables.
@@ -91,6 +133,11 @@ _PRCTL_OPTIONS = (
 )
 
 AF_UNIX = 1
+SOCK_STREAM = 1
+SOCK_SEQPACKET = 5
+SOCK_FLAGS = 0o4000 | 0o2000000  # SOCK_NONBLOCK | SOCK_CLOEXEC
+# int and unsigned int arguments: the kernel reads the low 32 bits of the register only.
+LOW32 = 0xFFFFFFFF
 O_TMPFILE_BIT = 0o20000000  # __O_TMPFILE (O_TMPFILE is this | O_DIRECTORY)
 
 
@@ -107,9 +154,21 @@ def build_filter(allow_processes: bool) -> bytes:
         f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, opt))
     # prlimit64 is how glibc implements getrlimit/setrlimit; only on the caller itself.
     f.add_rule(sc.ALLOW, "prlimit64", sc.Arg(0, sc.EQ, 0))
-    # A connected pair of unix sockets reaches nothing outside the process (asyncio's
-    # self-pipe needs it); socket(), connect(), bind() stay denied.
-    f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, AF_UNIX))
+    # A connected pair of unix stream or seqpacket sockets reaches nothing outside the
+    # process (asyncio's self-pipe needs one); socket(), connect(), bind() stay denied.
+    # Not SOCK_DGRAM: a datagram socket, connected or not, sends to any pathname socket
+    # named in sendto()/sendmsg() (a host's /dev/log, with descriptors attached). A
+    # stream socket refuses a destination address (EISCONN/EOPNOTSUPP) and a seqpacket
+    # socket ignores it, so sendmsg(), whose msghdr BPF cannot read, stays allowed.
+    for sock_type in (SOCK_STREAM, SOCK_SEQPACKET):
+        f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, AF_UNIX),
+                   sc.Arg(1, sc.MASKED_EQ, LOW32 & ~SOCK_FLAGS, sock_type))
+    # send() is sendto() with no address; an address is refused outright.
+    f.add_rule(sc.ALLOW, "sendto", sc.Arg(4, sc.EQ, 0))
+    for cmd in _FCNTL_COMMANDS:
+        f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.MASKED_EQ, LOW32, cmd))
+    for cmd in _IOCTL_COMMANDS:
+        f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, LOW32, cmd))
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
     # Plain opens, but no unnamed (O_TMPFILE) inode: see the module docstring.
     f.add_rule(sc.ALLOW, "open", sc.Arg(1, sc.MASKED_EQ, O_TMPFILE_BIT, 0))
