@@ -80,10 +80,13 @@ class Fatal(Exception):
 
 def _send(ctrl: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
     data = msgpack.packb(msg, use_bin_type=True)
-    if fds:
-        socket.send_fds(ctrl, [data], fds)
-    else:
-        ctrl.send(data)
+    try:
+        if fds:
+            socket.send_fds(ctrl, [data], fds)
+        else:
+            ctrl.send(data)
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)  # the monitor is gone: children die with us (PDEATHSIG)
 
 
 def _read_roots(app_dir: str) -> list[str]:
