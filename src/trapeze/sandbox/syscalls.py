@@ -32,6 +32,10 @@ SYS_landlock_add_rule = 445
 SYS_landlock_restrict_self = 446
 SYS_capget = 125
 SYS_waitid = 247
+SYS_mount_setattr = 442
+MOUNT_ATTR_RDONLY = 0x1
+AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
 P_PIDFD = 3
 WEXITED = 4
 SYS_capset = 126
@@ -98,6 +102,20 @@ def fork_bare() -> int:
     process that may have another thread.
     """
     return _check(_fork())
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def make_tree_readonly(path: str) -> None:
+    """mount_setattr(path, AT_RECURSIVE, MOUNT_ATTR_RDONLY): every mount at or below `path`
+    in this mount namespace becomes read-only (Linux >= 5.12)."""
+    attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    _check(_syscall(SYS_mount_setattr, ctypes.c_int(AT_FDCWD), os.fsencode(path),
+                    ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr),
+                    ctypes.c_size_t(ctypes.sizeof(attr))))
 
 
 def reap(pidfd: int) -> None:

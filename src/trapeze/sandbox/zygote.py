@@ -206,6 +206,21 @@ def _cover_private_dirs(cfg: dict[str, Any], plan: Plan) -> None:
             raise Fatal("private directories", f"cannot cover {d}: {exc}") from exc
 
 
+def _make_view_readonly() -> None:
+    """Every mount of the zygote's namespace read-only (the slots' tmpfs, mounted later in
+    their own namespaces, stay writable). Landlock already refuses children every write
+    outside their tmp, but not what a read does to a file's metadata: on a writable mount,
+    reading a shared file (relatime) updated its access time, which a later or concurrent
+    invocation at any label could stat() — a bit per file (review). A read-only mount
+    records no access times, and refuses metadata changes with EROFS whatever seccomp
+    allows."""
+    try:
+        sc.make_tree_readonly("/")
+    except OSError as exc:
+        raise Fatal("read-only view", f"mount_setattr(MOUNT_ATTR_RDONLY) failed: {exc}. "
+                    "Linux 5.12 or later is needed") from exc
+
+
 def _build_plan(cfg: dict[str, Any], mode: str, roots: list[str]) -> Plan:
     plan = Plan(
         mode=mode,
@@ -293,6 +308,7 @@ def main() -> None:
         plan = _build_plan(cfg, mode, roots)
         if mode != MODE_NONE:
             _cover_private_dirs(cfg, plan)
+            _make_view_readonly()
         plan.null_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         prepare_process(plan)
         modules = AppModules.compile(plan.app_dir)
