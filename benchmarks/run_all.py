@@ -370,8 +370,8 @@ READING = """## How the scenarios are run
   re-registration — running at the photographer's label — cannot see: it rewrites the
   photographer's facet with the count it sees (0), `assign` then sees that newest facet, and
   the photographer is available again. So under Trapeze every product gets its photo and
-  every upload is answered "Thanks so much !" (the name is empty because a re-registration
-  drops the friendly name, in both modes). Consequences for the table: from the fourth
+  every upload is answered "Thanks so much <photographer>!" (the caller's own principal,
+  in both modes). Consequences for the table: from the fourth
   photo round on, Trapeze does *more work* than the baseline (the whole photo workflow per
   product instead of one parked assignment attempt), which is why its invocation counts are
   higher (Update & Purchase: one extra round; Build & Browse: 27 of 30 iterations) and why

@@ -7,8 +7,23 @@ from typing import Any
 
 
 def release_greeting(value: Any, info: Mapping[str, Any]) -> Any:
-    # Only the greeting text may be lowered to public; anything else the function put in its
-    # reply stays at the function's label.
-    if isinstance(value, dict) and set(value) == {"greeting"}:
-        return {"greeting": str(value["greeting"])[:200]}
+    """The reply of `hello` — `{"greeting": "hello, <name>"}`, nothing else — to an invoker
+    below the function's label.
+
+    Only what `hello` could compute from its request at the label it was invoked at: the
+    function must not have raised its label (an empty `info["history"]`: it read nothing above
+    its invoker) and must have returned normally. A correct `hello` never raises, so its reply
+    never needs lowering and this declassifier releases nothing a correct run does not already
+    show its caller; what it stops is a compromised `hello` that raises to `admin`, reads
+    another user's data and returns it as the greeting. (The monitor always names the function
+    and its history; a bare call, as in the policy tests, gives neither.)
+    """
+    if info.get("function", "hello") != "hello":
+        raise ValueError("only hello's greeting can be declassified")
+    if info.get("history") or info.get("status", "ok") != "ok":
+        raise ValueError("the greeting was computed after reading above its invoker")
+    if isinstance(value, dict) and set(value) == {"greeting"} and isinstance(
+        value["greeting"], str
+    ) and len(value["greeting"]) <= 200:
+        return {"greeting": value["greeting"]}
     raise ValueError("only a greeting can be declassified")

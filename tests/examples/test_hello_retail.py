@@ -414,10 +414,16 @@ def test_purchases(rt: Any, client: httpx.Client, photographed: dict[str, Any]) 
     assert _purchase(client, "alice", "1234567890", "0000001", ALICE_CARD).json() \
         == "Purchase was submitted previously. You will not be charged twice."
     assert _purchase(client, "bob", "1234567890", "0000002", BOB_CARD).status_code == 200
-    # Not approvable: an unreleased product (no price at Bob's label), and Paul has no login.
+    # Not approvable: an unreleased product (no price at Bob's label).
     assert _purchase(client, "bob", "9000000002", "0000003", BOB_CARD).status_code == 200
-    assert _purchase(client, "paul", "1234567890", "0000004", "1111222233334444") \
-        .status_code == 200
+    # Only a client buys, at their own label (a deliberate difference, README): a photographer
+    # is refused at once (before, the purchase started and failed authentication), and so is
+    # the owner asking at a client's label.
+    r = _purchase(client, "paul", "1234567890", "0000004", "1111222233334444")
+    assert r.status_code == 403 and "client:paul" in r.text, r.text
+    r = client.post("/purchase", headers=auth("owen", label="client:bob"),
+                    json={"id": "1234567890", "requestId": "0000006"})
+    assert r.status_code == 403, r.text
 
     cc = rt.view("cc-company")
     wait_for(lambda: cc.get("creditCardsTable", "alice") == ALICE_CARD, what="alice's card")

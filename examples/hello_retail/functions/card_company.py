@@ -1,13 +1,21 @@
 """The card company's side of a purchase: authorize a payment, or store a card.
 
 Called synchronously (functions.invoke) by the PurchaseProduct tasks `authorize` and
-`store_card`, at the buyer's label client:X. It raises — to cc-company to authorize (every
-stored card is readable there), to client-cc:X to store — and its reply goes back to the task
-at client:X only through the `card_replies` declassifier (policy.py), which releases the
-decision and nothing else. Why a separate function: the workflow engine waits for its tasks
-with an unbounded reply (a raise inside a task raises the whole execution), whereas the reply
-to a synchronous invoke is bounded by the caller's label, which is where a "response"
-declassifier applies.
+`store_card`, at the buyer's label client:X. Why a separate function: the workflow engine waits
+for its tasks with an unbounded reply (a raise inside a task raises the whole execution),
+whereas the reply to a synchronous invoke is bounded by the caller's label, which is where a
+"response" declassifier applies.
+
+- A purchase that brings its own card is decided here, at client:X: nothing above the buyer
+  is read, so no declassifier is involved.
+- A purchase with the stored card raises to cc-company (where every stored card is readable).
+  The `card_replies` declassifier (policy.py) then makes the decision itself, from the store:
+  approved iff client X has a stored card (and the 1 % failure does not hit), with an
+  authorization code it mints. Whatever this function computes there is what the IFC-off
+  baseline answers; under Trapeze it is ignored, so a compromised card company cannot steer
+  the approval bit with another client's card.
+- Storing raises to client-cc:X and writes the card there; only whether it was stored comes
+  back.
 """
 
 from __future__ import annotations
@@ -32,9 +40,9 @@ def _client() -> str | None:
 
 def authorize(event: dict[str, Any]) -> dict[str, Any]:
     who = _client()
-    label.raise_to("cc-company")
     card = event.get("creditCard")
     if card is None and who is not None:
+        label.raise_to("cc-company")
         # cc-company sees every client's card facet; only this client's one counts.
         wanted = f"client-cc:{who}"
         card = next((v for v, lab in kv.facets(CARDS, who) if lab == wanted), None)

@@ -1,7 +1,10 @@
 """POST /purchase: start a PurchaseProduct execution for the authenticated caller.
 
 The user is the principal the gateway authenticated, never a field of the body; the execution
-runs at the caller's label, so one client's purchases are invisible to the other.
+runs at the caller's label, so one client's purchases are invisible to the other. Only a
+client buys, at exactly their own label client:<principal>: the card company takes the buyer
+from that label, so anybody whose clearance is above client:bob (the owner, the card company)
+asking at client:bob (X-Trapeze-Label) would otherwise pay with, or overwrite, Bob's card.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     user = (event.get("requestContext") or {}).get("principal")
     if not isinstance(user, str) or not user:
         return text_reply(401, "Purchases need an authenticated user")
+    if (event.get("requestContext") or {}).get("label") != f"client:{user}":
+        return text_reply(403, f"Only a client buys, at their own label (client:{user})")
     try:
         body = json_body(event)
     except ValueError as exc:

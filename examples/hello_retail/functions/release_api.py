@@ -3,9 +3,10 @@
 Products are created at the owner's label. A released copy has to be *written* at the label
 everybody can read — the bottom label, where anonymous callers run — and nothing can write
 below its own label, so the owner asks at bottom (`X-Trapeze-Label: bottom`). This function
-then reads the owner's item and price through `read_product` (which raises to owner; its reply
+then gets the owner's item and price through `read_product` (which raises to owner; its reply
 comes back only through the `owner_replies` declassifier, which checks that the principal who
-asked is allowed to release), and starts ReleaseProduct with what it got. The workflow name
+asked is allowed to release and reads the public fields of the item and its price itself), and
+starts ReleaseProduct with what it got. The workflow name
 keeps a release idempotent per product and principal.
 
 The read happens here, in the caller's own synchronous call chain, because that is where the
@@ -42,7 +43,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # The declassifier refused (not a releaser) or the read failed: the same reply either
         # way, so nothing about the owner's catalog leaks to a caller who may not release.
         return text_reply(403, "Product release refused")
-    if not isinstance(released, dict) or not isinstance(released.get("item"), dict):
+    if not isinstance(released, dict) or not isinstance(released.get("item"), dict) \
+            or released.get("id") != body["id"]:
         return text_reply(404, "Product not found")
     try:
         workflows.start("release_product", f"{user}--product-{body['id']}--release",
