@@ -15,10 +15,9 @@ def release_greeting(value: Any, info: Mapping[str, Any]) -> Any:
     its invoker) and must have returned normally. A correct `hello` never raises, so its reply
     never needs lowering and this declassifier releases nothing a correct run does not already
     show its caller; what it stops is a compromised `hello` that raises to `admin`, reads
-    another user's data and returns it as the greeting. (The monitor always names the function
-    and its history; a bare call, as in the policy tests, gives neither.)
+    another user's data and returns it as the greeting.
     """
-    if info.get("function", "hello") != "hello":
+    if info.get("function") != "hello":
         raise ValueError("only hello's greeting can be declassified")
     if info.get("history") or info.get("status", "ok") != "ok":
         raise ValueError("the greeting was computed after reading above its invoker")

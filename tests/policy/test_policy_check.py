@@ -62,9 +62,12 @@ def test_load_policy_module_gives_declared_callables() -> None:
     first = load_policy_module(m)
     second = load_policy_module(m)
     assert set(first) == {"greeting"}
-    assert first["greeting"]({"greeting": "hi"}, {}) == {"greeting": "hi"}
+    info = {"function": "hello", "history": [], "status": "ok"}
+    assert first["greeting"]({"greeting": "hi"}, info) == {"greeting": "hi"}
     with pytest.raises(ValueError):
-        first["greeting"]({"secret": 1}, {})
+        first["greeting"]({"secret": 1}, info)
+    with pytest.raises(ValueError):  # another function's reply
+        first["greeting"]({"greeting": "hi"}, {**info, "function": "other"})
     # Each load is a fresh module: no state shared between two starts.
     assert first["greeting"].__module__ != second["greeting"].__module__
 
