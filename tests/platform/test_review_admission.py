@@ -63,3 +63,55 @@ def test_a_withheld_body_keeps_its_admission_until_it_ends(tmp_path: Path) -> No
             time.sleep(0.05)
         # Once it has ended, the slot is free again.
         assert rt.invoke("slow", {"seconds": 0}).status == "withheld"
+
+
+NESTED = """\
+[app]
+name = "nested"
+
+[labels]
+bottom = ["public"]
+public = ["top"]
+
+[functions.front]
+handler = "functions/nested.py:front"
+timeout = 1
+concurrency = 1
+
+[functions.slow]
+handler = "functions/nested.py:slow"
+timeout = 60
+"""
+
+NESTED_CODE = """\
+import time
+
+from trapeze.guest import functions
+
+
+def front(event, context):
+    return functions.invoke("slow", {})
+
+
+def slow(event, context):
+    time.sleep(30)
+    return "done"
+"""
+
+
+def test_a_synchronous_callee_never_outlives_its_callers_deadline(tmp_path: Path) -> None:
+    """Review: the caller stopped waiting at its deadline but its callee ran on for its own
+    timeout, counted by no admission: a flood of requests left any number of bodies (and
+    confined children) running."""
+    app_dir = tmp_path / "nested"
+    (app_dir / "functions").mkdir(parents=True)
+    (app_dir / "trapeze.toml").write_text(NESTED)
+    (app_dir / "functions" / "nested.py").write_text(NESTED_CODE)
+    for p in (app_dir, app_dir / "functions"):
+        p.chmod(0o755)
+    with App.load(app_dir).start(store=f"sqlite:///{tmp_path / 'nested.db'}") as rt:
+        assert rt.invoke("front", {}).status == "timeout"
+        deadline = time.monotonic() + 10  # the callee has 30 s of work of its own
+        while rt.invoker is not None and rt.invoker.busy() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rt.invoker is not None and not rt.invoker.busy(), "the callee outlived its caller"

@@ -346,6 +346,10 @@ class Invoker:
         # The callee runs at the caller's current label and answers to it.
         inv = self._new_invocation(function, parent.label, parent.label, parent.principal,
                                    parent=parent)
+        # Never beyond the caller's deadline: a callee left running after its caller has
+        # ended is counted by no admission (review: 20 requests with concurrency 2 left 20
+        # bodies running). The sandbox enforces the earlier of this and its own timeout.
+        inv.deadline = min(inv.deadline, parent.deadline)
         # Waited for no longer than the caller may run: a caller blocked here holds a thread
         # of the body pool, and must give it back even if its callee never got one.
         try:

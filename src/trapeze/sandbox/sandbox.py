@@ -369,7 +369,10 @@ class Sandbox:
         if len(frame) > self.spec.max_message_bytes:
             return Outcome("error", error=f"LimitExceeded: the event is {len(frame)} bytes, "
                            f"over the limit of {self.spec.max_message_bytes}")
-        deadline = t0 + self.spec.timeout_s
+        # The function's own timeout, or less when the invocation's deadline comes first (a
+        # synchronous callee never outlives its caller's deadline: runtime/invoker.py).
+        budget = min(self.spec.timeout_s, max(0.0, float(ctx["deadline"]) - time.time()))
+        deadline = t0 + budget
         child = self._take(deadline)
         if child is None:
             reason = "the zygote is gone" if self._zygote_dead else "no child became ready"
@@ -388,7 +391,9 @@ class Sandbox:
             drain_log(child.log_fd, logbuf)
             outcome = Outcome(ex.status, value=ex.value, error=ex.error, pid=child.pid)
             if ex.status == "timeout":
-                outcome.error = f"timed out after {self.spec.timeout_s:g} s"
+                outcome.error = (f"timed out after {self.spec.timeout_s:g} s"
+                                 if budget >= self.spec.timeout_s
+                                 else "timed out at its caller's deadline")
             elif ex.status == "eof":
                 outcome.status = "crash"
                 outcome.error = self._crash_reason(child.pidfd)
