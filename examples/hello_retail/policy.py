@@ -19,7 +19,7 @@ from __future__ import annotations
 import html
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 # Tables, as functions/retail.py names them (this module must not import app code: functions/
@@ -63,10 +63,17 @@ def _need(condition: bool, why: str) -> None:
         raise Refused(why)
 
 
-def _reader(info: Mapping[str, Any]) -> Callable[[str, str], Any]:
-    read = info.get("read")
-    _need(callable(read), "no trusted store read")
-    return read  # type: ignore[return-value]
+def _read_at(info: Mapping[str, Any], table: str, key: str, *labels: str) -> Any:
+    """The newest value of `key` written at exactly one of `labels` (a trusted read). A plain
+    read at the declassifier's max_label would also return a facet written under the same key
+    by code at any label below it (review: code at client-cc:alice wrote CARDS["bob"] and so
+    decided Bob's approvals; code at client:alice forged a registration and a product)."""
+    facets = info.get("facets")
+    _need(callable(facets), "no trusted store read")
+    for value, at in facets(table, key):  # type: ignore[misc]
+        if at in labels:
+            return value
+    return None
 
 
 def _short_text(value: Any, limit: int = MAX_TEXT_FIELD) -> str:
@@ -108,14 +115,18 @@ def release_assignment_email(value: Mapping[str, Any], info: Mapping[str, Any]) 
     photographer currently assigned (README, "What the declassifiers still release")."""
     function = info.get("function")
     _need(function in ("message", "unmessage"), "not an assignment email")
+    # The workflow runs message and unmessage at owner; anywhere else (an invocation at
+    # client:alice, say) they could have planted the rows read below.
+    _need(info.get("label") == "owner", "assignment emails are sent at owner")
     ids = value.get("assignment") if isinstance(value, Mapping) else None
     if not isinstance(ids, Mapping):
         raise Refused("the email names no assignment")
     product_id, registration_id = ids.get("product"), ids.get("registration")
     if not isinstance(product_id, str) or not isinstance(registration_id, str):
         raise Refused("assignment ids")
-    read = _reader(info)
-    registration = read(REGISTRATIONS, registration_id)
+    # The owner's own rows only: `assign` writes the registration it claims at owner, and
+    # catalog_builder the catalog entry.
+    registration = _read_at(info, REGISTRATIONS, registration_id, "owner")
     _need(isinstance(registration, Mapping), "no such photographer")
     # The photographer actually assigned: `assign` wrote the product id into their
     # registration, and `unmessage` clears it only after the email has gone out.
@@ -124,7 +135,7 @@ def release_assignment_email(value: Mapping[str, Any], info: Mapping[str, Any]) 
     _need(isinstance(phone, str) and bool(_PHONE.match(phone)), "phone")
     name = _short_text(registration.get("name", ""))
     if function == "message":
-        product = read(CATALOG, product_id)
+        product = _read_at(info, CATALOG, product_id, "owner", "bottom")
         _need(isinstance(product, Mapping), "no such product")
         # `assign` records the product event's origin in the registration it claims.
         merchant = _short_text(friendly_name(registration.get("updatedBy")))
@@ -228,7 +239,7 @@ def _card_company_reply(value: Any, info: Mapping[str, Any]) -> dict[str, Any]:
     # with an authorization code minted here. Nothing of another client's card can steer it.
     # (A purchase that brings its own card is decided by card_company at client:W, below
     # cc-company, and never reaches this declassifier.)
-    if _reader(info)(CARDS, client) is None:
+    if _read_at(info, CARDS, client, f"client-cc:{client}") is None:
         return {"approved": "false", "failureReason": NO_CARD}
     if secrets.randbelow(10_000) < int(APPROVAL_FAILURE_RATE * 10_000):
         return {"approved": "false", "failureReason": CARD_FAILED}
@@ -269,8 +280,9 @@ def _release(value: Any, info: Mapping[str, Any]) -> dict[str, Any]:
     if info.get("status", "ok") != "ok" or not isinstance(product_id, str) \
             or len(product_id) > MAX_TEXT_FIELD:
         return not_found
-    read = _reader(info)
-    item = public_item(product_id, read(CATALOG, product_id))
+    # The owner's entry, or the released copy (written at bottom: public already).
+    item = public_item(product_id, _read_at(info, CATALOG, product_id, "owner", "bottom"))
     if item is None:  # no such product: the id the function named does not go out
         return not_found
-    return {"id": product_id, "item": item, "price": public_price(read(PRICES, product_id))}
+    return {"id": product_id, "item": item,
+            "price": public_price(_read_at(info, PRICES, product_id, "owner", "bottom"))}

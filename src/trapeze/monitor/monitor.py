@@ -267,6 +267,11 @@ class Monitor:
             # release what the store holds (a product, an assignment) instead of trusting
             # what the function, which may be compromised, says the store holds.
             "read": lambda table, key: self.store.get(table, key, label=d.max_label),
+            # The same, facet by facet: [(value, label)], newest first. At max_label a read
+            # sees every label below it; a policy that must know whose data it releases (the
+            # card of this client, not one written under its key by someone else) picks the
+            # facet by its label.
+            "facets": lambda table, key: self.store.facets(table, key, label=d.max_label),
         }
         try:
             out = d.transform(payload, info)
