@@ -110,6 +110,8 @@ def test_response_declassifier_suppresses_the_withheld_reply(monitor: Monitor) -
     # invocation escaped from owner.
     monitor.handle(inv, "label.raise", {"label": "top"})
     assert fired == [] and not inv.withheld and inv.escaped_at == "owner"
+    # What the declassifier is told of the history stops there too.
+    assert inv.escaped_history == ("photographer:p",)
 
 
 def test_channel_output_checked_against_its_bound(monitor: Monitor) -> None:

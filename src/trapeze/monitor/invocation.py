@@ -39,6 +39,7 @@ class Invocation:
     # The label a raise beyond the declassifier's max_label was decided at (None: no such
     # raise). The declassifier is then told only that much: status "withheld", at this label.
     escaped_at: str | None = None
+    escaped_history: tuple[str, ...] = ()  # the label history at that raise, before it
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def context_for_guest(self) -> dict[str, object]:

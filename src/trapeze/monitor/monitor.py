@@ -232,6 +232,7 @@ class Monitor:
                     # bound: the reply waits for the end, and the declassifier decides it
                     # knowing only that the invocation escaped, at the label it did so from.
                     inv.escaped_at = old
+                    inv.escaped_history = tuple(inv.history[:-1])
             if fire:
                 inv.withheld = True
         if fire and inv.on_withheld is not None:
@@ -260,7 +261,9 @@ class Monitor:
             "principal": inv.principal,
             "request_id": inv.request_id,
             "label": label or inv.label,
-            "history": list(inv.history),
+            # For an escape, the history as it was then: later raises happened beyond the
+            # declassifier's reach, and which ones may depend on data from there.
+            "history": list(inv.escaped_history if status == "withheld" else inv.history),
             "channel": channel,
             "status": status,
             # A trusted read at the declassifier's max_label, so that a declassifier can

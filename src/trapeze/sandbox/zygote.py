@@ -38,6 +38,7 @@ the child, and unshare(CLONE_NEWUSER) refuses multi-threaded callers.
 from __future__ import annotations
 
 import gc
+import heapq
 import importlib
 import os
 import resource
@@ -339,7 +340,9 @@ def main() -> None:
                  "pid": os.getpid(), "pidns_per_child": plan.pidns_per_child})
 
     uid_base: int = cfg["uid_base"]
-    free_slots = list(range(cfg["max_slots"] - 1, -1, -1))
+    # A heap: the next child always gets the lowest free slot (its uid), never "the slot
+    # that freed last", which would tell it in which order earlier children ended.
+    free_slots = list(range(cfg["max_slots"]))
     slots: dict[int, Slot] = {}  # index -> prepared slot (namespace, ruleset)
     # pidfd -> (slot, replace when it exits). Nothing else of a child is kept (module doc 6).
     children: dict[int, tuple[int, bool]] = {}
@@ -366,7 +369,7 @@ def main() -> None:
                 pool_pending -= 1
             else:
                 extras_pending -= 1
-            index = free_slots.pop()
+            index = heapq.heappop(free_slots)
             if mode == MODE_NONE:
                 slot = Slot(index, uid_base + index)
             else:
@@ -428,7 +431,7 @@ def main() -> None:
             if mode != MODE_NONE:
                 # A fresh namespace and tmpfs for the slot's next child, whatever this one did.
                 close_slot(slots.pop(index))
-            free_slots.append(index)
+            heapq.heappush(free_slots, index)
             # Replace a pool child after its invocation (not while it runs), unless the
             # pool has shrunk since.
             if replace and pool > sum(c[1] for c in children.values()) + pool_pending:
