@@ -25,17 +25,17 @@ import base64
 import dataclasses
 import json
 import shutil
-import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hr_support import free_port, wait_for
 
 from trapeze import App
 
@@ -57,23 +57,6 @@ NO_CARD = "No credit card supplied and no credit card stored in DB"
 # What a leak would carry: the clients' login names (client data) and the registration ids
 # (the photographers' and the owner's data); none of it belongs in any public output.
 LOOT_MARKERS = ("Secretname", "654321", "654322")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 40.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def auth(principal: str, label: str | None = None) -> dict[str, str]:
@@ -111,7 +94,7 @@ class Services:
         from aiosmtpd.controller import Controller
 
         self.mailbox = Mailbox()
-        self.smtp_port = _free_port()
+        self.smtp_port = free_port()
         self._smtp = Controller(self.mailbox, hostname="127.0.0.1", port=self.smtp_port)
         self._smtp.start()
         self.paths: list[str] = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +22,11 @@ import pytest
 from trapeze import App
 from trapeze.errors import InvalidArgument
 from trapeze.policy.specs import StreamSpec
+from trapeze.runtime.invoker import InvocationResult
 from trapeze.runtime.streams import StreamEngine
 
-
-@dataclass
-class Result:
-    """What an invocation returns to the engines (as InvocationResult)."""
-
-    status: str
-    value: Any = None
-    error: str | None = None
-    label: str | None = None
+# What an invocation returns to the engines: the invoker's own result type.
+Result = InvocationResult
 
 
 def engine(db: Any, lattice: Any, invoke: Any, **spec: Any) -> StreamEngine:

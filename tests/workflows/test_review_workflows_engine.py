@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from trapeze.errors import InvalidArgument, LimitExceeded, NotFound
 from trapeze.labels import Lattice
 from trapeze.policy.specs import WorkflowSpec
 from trapeze.runtime.engine_store import EngineDB
+from trapeze.runtime.invoker import InvocationResult
 from trapeze.runtime.workflows import WorkflowEngine, workflow_describe
 
 SCALE = 0.01
@@ -44,14 +44,8 @@ def _stop_engines() -> Any:
         _ENGINES.pop().stop(5)
 
 
-@dataclass
-class Result:
-    """What an invocation returns to the engines (as InvocationResult)."""
-
-    status: str
-    value: Any = None
-    error: str | None = None
-    label: str | None = None
+# What an invocation returns to the engines: the invoker's own result type.
+Result = InvocationResult
 
 
 def make(db: Any, lattice: Lattice, invoke: Any, functions: set[str], *,
