@@ -83,7 +83,9 @@ def _short_text(value: Any, limit: int = MAX_TEXT_FIELD) -> str:
 
 
 def friendly_name(origin: Any) -> str:
-    """functions/retail.py's rule, repeated here: the last meaningful part of an origin."""
+    """functions/retail.py's rule, repeated here: the last meaningful part of an origin.
+    (Repeated, not imported: the policy runs in the monitor, and importing an app module
+    would run untrusted code there.)"""
     parts = origin.split("/") if isinstance(origin, str) else []
     if len(parts) >= 4:
         return parts[3]
