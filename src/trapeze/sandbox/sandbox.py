@@ -200,6 +200,10 @@ class Sandbox:
             pass_fds=(theirs.fileno(),),
             cwd="/",
             close_fds=True,
+            # Its own session: a Ctrl-C at the terminal running `trapeze run` reaches the
+            # monitor, which shuts down in order, not the zygote (which dies with the monitor:
+            # PDEATHSIG, and the control socket closing).
+            start_new_session=True,
         )
         theirs.close()
         self._ctrl = ours
