@@ -21,6 +21,7 @@ import msgpack
 
 from trapeze.errors import FlowError, InvocationError, LimitExceeded, NotFound
 from trapeze.monitor import Invocation, Monitor
+from trapeze.sandbox.spec import Outcome as SandboxOutcome
 
 log = logging.getLogger("trapeze.runtime")
 
@@ -57,17 +58,6 @@ class Outcome(Protocol):
     error: str | None
     log: str
     duration_s: float
-
-
-@dataclass
-class _Failure:
-    """An outcome the runtime makes up when it failed itself (see _internal_error_reply)."""
-
-    status: str
-    value: Any = None
-    error: str | None = None
-    log: str = ""
-    duration_s: float = 0.0
 
 
 class Runner(Protocol):
@@ -296,7 +286,7 @@ class Invoker:
         """The reply when the runtime itself failed while running `inv`: the same rules as
         for a function that failed at the label it had reached (an engine reading a reply
         without a label would otherwise take it for a failure at the label it started at)."""
-        failed = _Failure("error", error=f"internal error ({type(exc).__name__})")
+        failed = SandboxOutcome("error", error=f"internal error ({type(exc).__name__})")
         try:
             return self._reply(inv, failed)
         except Exception:

@@ -78,7 +78,14 @@ def unpack_body(body: bytes) -> Any:
     return _unpack(body)
 
 
+# A frame this small holds at most one container per byte, within the budget: it is decoded
+# without the per-container hook (most call frames are; the hook is a Python call each).
+_UNCOUNTED = MIN_CONTAINERS * CONTAINER_BYTES // (CONTAINER_BYTES - 1)
+
+
 def _unpack(body: bytes) -> Any:
+    if len(body) <= _UNCOUNTED:
+        return _decode(body, None)
     left = len(body) // CONTAINER_BYTES + MIN_CONTAINERS
 
     def container(value: Any) -> Any:
@@ -92,6 +99,11 @@ def _unpack(body: bytes) -> Any:
             )
         return value
 
+    return _decode(body, container)
+
+
+def _decode(body: bytes, container: Any) -> Any:
+    hooks = {} if container is None else {"list_hook": container, "object_hook": container}
     try:
         return msgpack.unpackb(
             body,
@@ -99,9 +111,8 @@ def _unpack(body: bytes) -> Any:
             strict_map_key=True,
             use_list=True,
             ext_hook=_reject_ext,
-            list_hook=container,
-            object_hook=container,
             timestamp=0,
+            **hooks,
         )
     except ProtocolError:
         raise
