@@ -16,9 +16,9 @@ Policy:
   the filter for every syscall number when it is attached (to fill its per-syscall action
   cache), so a short search path halves the per-child load cost (~0.5 -> ~0.25 ms here);
 - open/openat with O_TMPFILE are refused (EPERM; tempfile falls back to a named file), and
-  openat2 (flags in memory BPF cannot read) returns ENOSYS: an unnamed inode would change a
-  slot's tmpfs without any event on its directories, which is how the zygote decides
-  whether a slot's tmp must be replaced before its next child (zygote.py);
+  openat2 (flags in memory BPF cannot read) returns ENOSYS. They once kept a slot's tmpfs
+  free of unnamed inodes the zygote could not see; every child now gets a fresh tmpfs, and
+  the rules stay because nothing needs the calls and fewer allowed paths are fewer to review;
 - without declared executables, kill() only with a pid >= 0: the child is alone in its
   process group, so a negative pid could only aim at others (Landlock scoping and the
   per-slot uid refuse those too; this makes kill(-1) fail loudly instead of returning 0);
@@ -28,7 +28,17 @@ Policy:
   attributes (chmod, utime families, ioctl FS_IOC_SETFLAGS), and only a few fcntl commands
   and ioctl requests: locks on a shared read-only file signal between concurrent
   invocations, and metadata of a file the child owns (in the user-namespace mode, the
-  deploying user's files) is state Landlock does not govern. See _ALLOWED.
+  deploying user's files) is state Landlock does not govern. See _ALLOWED;
+- the page cache of files every child may read (the app's, the interpreter's) is shared
+  state: preadv2() with RWF_NOWAIT answers EOPNOTSUPP (the kernel's "not supported for
+  this file", on which callers fall back to a plain read) instead of telling whether a page
+  is cached, mincore() is refused, and advice that evicts pages (fadvise DONTNEED, madvise
+  COLD/PAGEOUT) or merges or collapses them is accepted and ignored (advice may be). Before
+  this, one invocation evicted or loaded a file's pages and another, at any label, read the
+  bits back with RWF_NOWAIT, as often as it liked (review, session 6). What remains, loading
+  a page once and having a later invocation notice it is cached by timing its read or by
+  counting its own major page faults, is a one-shot resource channel, out of scope with
+  timing (docs/security-model.md).
 """
 
 from __future__ import annotations
@@ -44,17 +54,17 @@ from trapeze.sandbox import syscalls
 _ALLOWED = (
     # files and descriptors (Landlock decides which paths)
     "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
-    "preadv2", "pwritev2", "lseek", "close", "close_range", "fstat", "newfstatat", "stat",
+    "pwritev2", "lseek", "close", "close_range", "fstat", "newfstatat", "stat",
     "lstat", "statx", "access", "faccessat", "faccessat2", "readlink", "readlinkat",
     "getdents64", "getcwd", "chdir", "fchdir", "creat",
     "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
     "link", "linkat", "symlink", "symlinkat", "truncate",
     "ftruncate", "fallocate", "fsync", "fdatasync", "dup",
-    "dup2", "dup3", "pipe", "pipe2", "fadvise64", "statfs", "fstatfs",
+    "dup2", "dup3", "pipe", "pipe2", "statfs", "fstatfs",
     "copy_file_range", "sendfile", "getxattr", "lgetxattr", "fgetxattr", "listxattr",
     "llistxattr", "flistxattr", "umask",
     # memory
-    "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "msync", "mincore",
+    "mmap", "munmap", "mprotect", "mremap", "brk", "msync",
     "get_mempolicy", "membarrier",
     # signals (Landlock scoping, the slot uid and, with executables, the PID namespace bound
     # whom they reach; kill() has its own rule below)
@@ -116,6 +126,40 @@ _IOCTL_COMMANDS = (
     0x5451,  # FIOCLEX: os.set_inheritable(fd, False)
 )
 
+# madvise advice that concerns only the caller's own mappings. MADV_COLD and MADV_PAGEOUT
+# (which evict the shared page cache of a file mapping), MADV_MERGEABLE (KSM: merged pages
+# are shared with other processes) and MADV_COLLAPSE (builds huge pages in a file's page
+# cache) are accepted and ignored; MADV_REMOVE, MADV_HWPOISON and the rest fail with EPERM.
+_MADVISE_ADVICE = (
+    0,  # MADV_NORMAL
+    1,  # MADV_RANDOM
+    2,  # MADV_SEQUENTIAL
+    3,  # MADV_WILLNEED: loads pages, as reading them does
+    4,  # MADV_DONTNEED: drops the caller's own mappings (glibc's free, thread stacks)
+    8,  # MADV_FREE
+    10,  # MADV_DONTFORK
+    11,  # MADV_DOFORK
+    13,  # MADV_UNMERGEABLE
+    14,  # MADV_HUGEPAGE (numpy, for large arrays)
+    15,  # MADV_NOHUGEPAGE
+    16,  # MADV_DONTDUMP
+    17,  # MADV_DODUMP
+    18,  # MADV_WIPEONFORK
+    19,  # MADV_KEEPONFORK
+    22,  # MADV_POPULATE_READ
+    23,  # MADV_POPULATE_WRITE
+    24,  # MADV_DONTNEED_LOCKED
+    102,  # MADV_GUARD_INSTALL (newer glibc's thread-stack guards)
+    103,  # MADV_GUARD_REMOVE
+)
+_MADVISE_IGNORED = (12, 20, 21, 25)  # MERGEABLE, COLD, PAGEOUT, COLLAPSE
+
+# posix_fadvise advice: all but POSIX_FADV_DONTNEED (4), which evicts a file's clean pages
+# from the page cache every process shares; it is accepted and ignored.
+_FADVISE_ADVICE = (0, 1, 2, 3, 5)  # NORMAL, RANDOM, SEQUENTIAL, WILLNEED, NOREUSE
+_FADV_DONTNEED = 4
+RWF_NOWAIT = 0x8
+
 # Only with declared executables.
 _PROCESS_CALLS = ("execve", "execveat", "vfork", "fork", "setsid", "setpgid")
 
@@ -170,6 +214,19 @@ def build_filter(allow_processes: bool) -> bytes:
     for cmd in _IOCTL_COMMANDS:
         f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, LOW32, cmd))
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    # The page cache: see the module docstring. preadv2's flags are its sixth argument
+    # (rwf_t, an int: only the low half of the register counts), fadvise64's advice its
+    # fourth, madvise's its third.
+    f.add_rule(sc.ALLOW, "preadv2", sc.Arg(5, sc.MASKED_EQ, RWF_NOWAIT, 0))
+    f.add_rule(sc.ERRNO(errno.EOPNOTSUPP), "preadv2",
+               sc.Arg(5, sc.MASKED_EQ, RWF_NOWAIT, RWF_NOWAIT))
+    for advice in _FADVISE_ADVICE:
+        f.add_rule(sc.ALLOW, "fadvise64", sc.Arg(3, sc.MASKED_EQ, LOW32, advice))
+    f.add_rule(sc.ERRNO(0), "fadvise64", sc.Arg(3, sc.MASKED_EQ, LOW32, _FADV_DONTNEED))
+    for advice in _MADVISE_ADVICE:
+        f.add_rule(sc.ALLOW, "madvise", sc.Arg(2, sc.MASKED_EQ, LOW32, advice))
+    for advice in _MADVISE_IGNORED:
+        f.add_rule(sc.ERRNO(0), "madvise", sc.Arg(2, sc.MASKED_EQ, LOW32, advice))
     # Plain opens, but no unnamed (O_TMPFILE) inode: see the module docstring.
     f.add_rule(sc.ALLOW, "open", sc.Arg(1, sc.MASKED_EQ, O_TMPFILE_BIT, 0))
     f.add_rule(sc.ALLOW, "openat", sc.Arg(2, sc.MASKED_EQ, O_TMPFILE_BIT, 0))

@@ -224,7 +224,6 @@ def pidfd_exit_status(pidfd: int) -> int | None:
     """The wait status of the exited process behind `pidfd` (whoever reaped it), from the
     kernel's pidfd information; None while it runs, or where the kernel keeps none (< 6.15)."""
     import fcntl
-    import struct
 
     buf = bytearray(struct.pack("<Q", _PIDFD_INFO_EXIT) + bytes(_PIDFD_INFO_SIZE - 8))
     try:
@@ -331,42 +330,3 @@ def landlock_restrict_self(ruleset_fd: int) -> None:
 
 def setns(fd: int, nstype: int) -> None:
     _check(_syscall(SYS_setns, fd, nstype))
-
-
-# --- inotify (the zygote watches each slot's tmp for any sign of use) -----------------------
-
-IN_NONBLOCK = os.O_NONBLOCK
-IN_CLOEXEC = os.O_CLOEXEC
-# Every event, reads and opens included: a child that merely listed its tmp gets a fresh one.
-IN_ALL_EVENTS = 0x00000FFF
-IN_EXCL_UNLINK = 0x04000000
-IN_Q_OVERFLOW = 0x00004000
-INOTIFY_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
-
-
-def inotify_init() -> int:
-    return _check(_libc.inotify_init1(ctypes.c_int(IN_NONBLOCK | IN_CLOEXEC)))
-
-
-def inotify_add_watch(fd: int, path: str, mask: int) -> int:
-    return _check(_libc.inotify_add_watch(ctypes.c_int(fd), os.fsencode(path),
-                                          ctypes.c_uint32(mask)))
-
-
-def inotify_rm_watch(fd: int, wd: int) -> None:
-    _check(_libc.inotify_rm_watch(ctypes.c_int(fd), ctypes.c_int(wd)))
-
-
-def inotify_read(fd: int) -> list[tuple[int, int]]:
-    """Every (wd, mask) queued now, without blocking."""
-    out: list[tuple[int, int]] = []
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return out
-        pos = 0
-        while pos + INOTIFY_EVENT.size <= len(data):
-            wd, mask, _cookie, length = INOTIFY_EVENT.unpack_from(data, pos)
-            out.append((wd, mask))
-            pos += INOTIFY_EVENT.size + length

@@ -1,0 +1,143 @@
+"""Handlers for tests/attacks/test_review_page_cache.py: the page cache of a file every child
+can read (the app's own files, the interpreter's) as a channel between invocations. One
+invocation loads or evicts a file's pages; another asks whether they are cached, without
+timing anything. Each probe returns what it saw, or the errno that stopped it."""
+
+import ctypes
+import mmap
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+PROT_READ, MAP_PRIVATE = 1, 2
+
+SYS_PREADV2, SYS_FADVISE64, SYS_MADVISE = 327, 221, 28
+RWF_NOWAIT = 0x8
+POSIX_FADV_DONTNEED = 4
+MADV_COLD, MADV_PAGEOUT = 20, 21
+PAGE = mmap.PAGESIZE
+
+
+def _errno(fn, *args):
+    try:
+        fn(*args)
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
+def _libc_errno(ret):
+    return ctypes.get_errno() if ret != 0 else 0
+
+
+def _map(fd, size):
+    """A read-only private mapping of the file, by address (libc's mmap: the mmap module
+    hides the address of a read-only mapping)."""
+    addr = _libc.mmap(None, size, PROT_READ, MAP_PRIVATE, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    return addr
+
+
+def evict(path):
+    """Drop the file's pages from the page cache, every way an unprivileged process has."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        out = {"fadvise": _errno(os.posix_fadvise, fd, 0, 0, POSIX_FADV_DONTNEED)}
+        ctypes.set_errno(0)
+        raw = _libc.syscall(ctypes.c_long(SYS_FADVISE64), fd, 0, 0, POSIX_FADV_DONTNEED)
+        out["fadvise_raw"] = ctypes.get_errno() if raw != 0 else 0
+        addr = _map(fd, size)
+        for name, advice in (("madv_cold", MADV_COLD), ("madv_pageout", MADV_PAGEOUT)):
+            ctypes.set_errno(0)
+            out[name] = _libc_errno(_libc.madvise(addr, size, advice))
+        _libc.munmap(addr, size)
+        return out
+    finally:
+        os.close(fd)
+
+
+def load(path):
+    with open(path, "rb") as fh:
+        return {"read": len(fh.read())}
+
+
+def probe(path):
+    """Is the file's first page cached? Asked without a clock."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        out = {}
+        try:
+            os.preadv(fd, [bytearray(PAGE)], 0, os.RWF_NOWAIT)
+            out["preadv2_nowait"] = "cached"
+        except BlockingIOError:
+            out["preadv2_nowait"] = "not cached"
+        except OSError as exc:
+            out["preadv2_nowait"] = exc.errno
+        # The same call with the flag in the upper half of the register, and plain.
+        buf = ctypes.create_string_buffer(PAGE)
+        iov = (ctypes.c_void_p * 2)(ctypes.addressof(buf), PAGE)
+        ctypes.set_errno(0)
+        ret = _libc.syscall(ctypes.c_long(SYS_PREADV2), fd, iov, 1, 0, 0,
+                            ctypes.c_long((1 << 32) | RWF_NOWAIT))
+        out["preadv2_nowait_raw"] = ctypes.get_errno() if ret < 0 else "answered"
+        out["preadv2_plain"] = _errno(os.preadv, fd, [bytearray(16)], 0, 0)
+        addr = _map(fd, size)
+        vec = (ctypes.c_ubyte * ((size + PAGE - 1) // PAGE))()
+        ctypes.set_errno(0)
+        ret = _libc.mincore(addr, size, vec)
+        out["mincore"] = ctypes.get_errno() if ret != 0 else [v & 1 for v in vec]
+        _libc.munmap(addr, size)
+        return out
+    finally:
+        os.close(fd)
+
+
+def fault_around(path):
+    """Touch one page of a mapping and count the pages the kernel mapped with it: it maps
+    the neighbours that are already cached (fault-around), so the count says what was."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        addr = _map(fd, size)
+        # A page in the middle of the first fault-around window.
+        _ = ctypes.c_char.from_address(addr + 8 * PAGE).value
+        out = {}
+        try:
+            with open("/proc/self/smaps") as fh:
+                text = fh.read()
+        except OSError as exc:
+            out["smaps"] = exc.errno
+        else:
+            lines = text.splitlines()
+            start = f"{addr:x}-"
+            for i, line in enumerate(lines):
+                if line.startswith(start):
+                    rss = next(x for x in lines[i + 1:] if x.startswith("Rss:"))
+                    out["smaps"] = int(rss.split()[1])
+                    break
+        try:
+            with open("/proc/self/pagemap", "rb") as fh:
+                fh.seek((addr // PAGE) * 8)
+                entries = fh.read(16 * 8)
+            out["pagemap"] = [int.from_bytes(entries[i:i + 8], "little") >> 63
+                              for i in range(0, len(entries), 8)]
+        except OSError as exc:
+            out["pagemap"] = exc.errno
+        _libc.munmap(addr, size)
+        return out
+    finally:
+        os.close(fd)
+
+
+def handler(event, context):
+    return {"evict": evict, "load": load, "probe": probe,
+            "fault_around": fault_around}[event["attack"]](event["path"])
