@@ -26,15 +26,12 @@ def sb() -> Iterator[Sandbox]:
 
 
 @pytest.fixture
-def shared_file() -> Iterator[Path]:
-    """A file of the app's, which every invocation of every label may read."""
-    path = APP / "_page_cache_probe.bin"
-    path.write_bytes(os.urandom(256 * 1024))
+def shared_file() -> Path:
+    """A file of the app's, which every invocation of every label may read. An existing one:
+    the suite also runs as an ordinary user who may not write into the checkout."""
+    path = APP / "attacks.py"
     os.sync()  # clean pages: only clean pages can be evicted
-    try:
-        yield path
-    finally:
-        path.unlink()
+    return path
 
 
 def run(sandbox: Sandbox, attack: str, path: Path) -> dict:

@@ -24,9 +24,9 @@ def run(sb: Sandbox, do: str, monitor: FakeMonitor | None = None, **event: objec
 def test_runs_confined(sandbox: Sandbox) -> None:
     who = run(sandbox, "whoami")
     assert sandbox.mode == ("root" if os.geteuid() == 0 else "userns")
-    # No executables: threads only (seccomp), so no PID namespace of its own is needed; with
-    # executables it is the init of one (tests/attacks: grandchild, signals).
-    assert not sandbox.pidns_per_child and who["pid"] != 1
+    # The init of its own PID namespace, executables or not (tests/attacks:
+    # test_review_pid_counter.py, grandchild, signals).
+    assert sandbox.pidns_per_child and who["pid"] == 1
     if os.geteuid() == 0:
         assert who["uid"] >= 2_000_000_000  # a per-slot unprivileged uid
     assert who["cwd"] == str(sandbox.spec.app_dir)

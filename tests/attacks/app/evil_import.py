@@ -31,8 +31,8 @@ FINDINGS["open_fds"] = _open_fds()
 # Every process it may signal: in its own PID namespace there is none but itself.
 _try("kill_all", lambda: os.kill(-1, signal.SIGKILL))
 _try("kill_pid_2", lambda: os.kill(2, signal.SIGKILL))
-# pid 1 always exists where the child looks: the host's init (as root), or the zygote, the
-# init of its own PID namespace (as an ordinary user). Signal 0: only the permission check.
+# pid 1 is the child itself, the init of its own PID namespace; pid 2, nobody. Signal 0:
+# only the permission check.
 _try("kill_pid_1", lambda: os.kill(1, 0))
 _try("proc", lambda: os.listdir("/proc"))
 _try("dev_shm", lambda: open("/dev/shm/trapeze-evil", "w"))

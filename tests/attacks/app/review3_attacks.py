@@ -1,11 +1,14 @@
-"""Handlers for tests/attacks/test_review_page_cache.py: the page cache of a file every child
-can read (the app's own files, the interpreter's) as a channel between invocations. One
-invocation loads or evicts a file's pages; another asks whether they are cached, without
-timing anything. Each probe returns what it saw, or the errno that stopped it."""
+"""Handlers for tests/attacks/test_review_page_cache.py and test_review_pid_counter.py:
+kernel state every child shares, as a channel between invocations, without timing anything.
+The page cache of a file every child can read (the app's own files, the interpreter's): one
+invocation loads or evicts a file's pages, another asks whether they are cached. The pid
+counter: one invocation starts threads, another reads the ids its own threads get. Each
+probe returns what it saw, or the errno that stopped it."""
 
 import ctypes
 import mmap
 import os
+import threading
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -138,6 +141,26 @@ def fault_around(path):
         os.close(fd)
 
 
+def spend_pids(n):
+    """Start and join n threads: each takes an id from the pid counter of its namespace."""
+    for _ in range(n):
+        t = threading.Thread(target=lambda: None)
+        t.start()
+        t.join()
+    return {"threads": n}
+
+
+def read_pids(_):
+    """The ids this process and a new thread of its get."""
+    tids = []
+    t = threading.Thread(target=lambda: tids.append(threading.get_native_id()))
+    t.start()
+    t.join()
+    return {"pid": os.getpid(), "thread": tids[0]}
+
+
 def handler(event, context):
-    return {"evict": evict, "load": load, "probe": probe,
-            "fault_around": fault_around}[event["attack"]](event["path"])
+    if event["attack"] == "spend_pids":
+        return spend_pids(event["n"])
+    return {"evict": evict, "load": load, "probe": probe, "fault_around": fault_around,
+            "read_pids": read_pids}[event["attack"]](event.get("path"))
