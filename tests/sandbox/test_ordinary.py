@@ -25,7 +25,7 @@ def test_runs_confined(sandbox: Sandbox) -> None:
     who = run(sandbox, "whoami")
     assert sandbox.mode == ("root" if os.geteuid() == 0 else "userns")
     # The init of its own PID namespace, executables or not (tests/attacks:
-    # test_review_pid_counter.py, grandchild, signals).
+    # test_review_shared_counters.py, grandchild, signals).
     assert sandbox.pidns_per_child and who["pid"] == 1
     if os.geteuid() == 0:
         assert who["uid"] >= 2_000_000_000  # a per-slot unprivileged uid

@@ -254,7 +254,7 @@ def _build_plan(cfg: dict[str, Any], mode: str, roots: list[str]) -> Plan:
     # Every child is the init of its own PID namespace, executables or not. Threads take
     # ids from the counter of their namespace: in a namespace children share, a high
     # invocation's threads advanced the counter the next child read back from its own
-    # thread's id (review, session 6: tests/attacks/test_review_pid_counter.py). The
+    # thread's id (review, session 6: tests/attacks/test_review_shared_counters.py). The
     # namespace costs ~0.12 ms of CPU per child here (create at fork, tear down at exit),
     # off the invocation path.
     plan.pidns_per_child = True

@@ -1,8 +1,9 @@
-"""Handlers for tests/attacks/test_review_page_cache.py and test_review_pid_counter.py:
+"""Handlers for tests/attacks/test_review_page_cache.py and test_review_shared_counters.py:
 kernel state every child shares, as a channel between invocations, without timing anything.
 The page cache of a file every child can read (the app's own files, the interpreter's): one
 invocation loads or evicts a file's pages, another asks whether they are cached. The pid
-counter: one invocation starts threads, another reads the ids its own threads get. Each
+counter: one invocation starts threads, another reads the ids its own threads get. The
+mount counter: the id of a mount grows with every mount namespace made for a child. Each
 probe returns what it saw, or the errno that stopped it."""
 
 import ctypes
@@ -20,7 +21,7 @@ _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 PROT_READ, MAP_PRIVATE = 1, 2
 
-SYS_PREADV2, SYS_FADVISE64, SYS_MADVISE = 327, 221, 28
+SYS_PREADV2, SYS_FADVISE64, SYS_MADVISE, SYS_STATX = 327, 221, 28, 332
 RWF_NOWAIT = 0x8
 POSIX_FADV_DONTNEED = 4
 MADV_COLD, MADV_PAGEOUT = 20, 21
@@ -159,8 +160,19 @@ def read_pids(_):
     return {"pid": os.getpid(), "thread": tids[0]}
 
 
+def statx_mount_ids(path):
+    """statx() of a path asking for its mount's id, unique or not, and for nothing of that."""
+    out = {}
+    for name, mask in (("mnt_id_unique", 0x4000), ("mnt_id", 0x1000), ("basic", 0x7FF)):
+        buf = ctypes.create_string_buffer(256)
+        ctypes.set_errno(0)
+        ret = _libc.syscall(ctypes.c_long(SYS_STATX), -100, path.encode(), 0, mask, buf)
+        out[name] = ctypes.get_errno() if ret != 0 else "answered"
+    return out
+
+
 def handler(event, context):
     if event["attack"] == "spend_pids":
         return spend_pids(event["n"])
     return {"evict": evict, "load": load, "probe": probe, "fault_around": fault_around,
-            "read_pids": read_pids}[event["attack"]](event.get("path"))
+            "read_pids": read_pids, "statx": statx_mount_ids}[event["attack"]](event.get("path"))

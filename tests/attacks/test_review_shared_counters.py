@@ -1,0 +1,53 @@
+"""Kernel counters every child could read, as channels between invocations (review, session
+6). The pid counter: children without executables shared the zygote's PID namespace, so every
+thread a high invocation started took the next id of a counter the next invocation read back
+from its own thread's id (`tid - pid` counted them). Every child is now the init of its own
+PID namespace, where ids start again at 1. The mount counter: statx(STATX_MNT_ID_UNIQUE) on
+the child's /tmp gave an id that grows by ~27 with every child's mount namespace, so two
+low invocations learned how many invocations (a high function's nested calls, say) ran in
+between; statx() asking for a mount id is refused.
+
+Left, and documented (docs/security-model.md): the inode numbers of new pipes and sockets
+come from per-CPU batches of a global counter, which every process's pipes and sockets
+advance."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+
+import pytest
+from attack_helpers import make_sandbox
+
+from fake_monitor import FakeMonitor
+from trapeze.sandbox import Sandbox
+
+
+@pytest.fixture(params=[(), ("/bin/true",)], ids=["threads only", "with executables"])
+def sb(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    s = make_sandbox(handler="review3_attacks:handler", function="review3", timeout_s=10,
+                     prefork=2, executables=request.param)
+    yield s
+    s.close()
+
+
+def run(sandbox: Sandbox, **event: object) -> dict:
+    out = sandbox.run(event, {}, FakeMonitor())
+    assert out.status == "ok", out
+    return out.value
+
+
+def test_thread_ids_do_not_depend_on_earlier_invocations(sb: Sandbox) -> None:
+    assert sb.pidns_per_child
+    seen = []
+    for secret in (0, 40, 0, 40):
+        # The reader is a child forked before the writer ran (the pool holds two).
+        assert run(sb, attack="spend_pids", n=secret) == {"threads": secret}
+        seen.append(run(sb, attack="read_pids"))
+    assert seen == [{"pid": 1, "thread": 2}] * 4, seen
+
+
+def test_no_mount_ids(sb: Sandbox) -> None:
+    out = run(sb, attack="statx", path="/tmp")
+    assert out["mnt_id_unique"] == errno.EPERM and out["mnt_id"] == errno.EPERM, out
+    assert out["basic"] == "answered", out  # statx() itself still works
