@@ -5,7 +5,12 @@ from its own thread's id (`tid - pid` counted them). Every child is now the init
 PID namespace, where ids start again at 1. The mount counter: statx(STATX_MNT_ID_UNIQUE) on
 the child's /tmp gave an id that grows by ~27 with every child's mount namespace, so two
 low invocations learned how many invocations (a high function's nested calls, say) ran in
-between; statx() asking for a mount id is refused.
+between; statx() asking for a mount id is refused. Socket cookies (SO_COOKIE) and pidfd
+inode numbers (clone with CLONE_PIDFD, SO_PEERPIDFD, SO_PASSPIDFD) are machine-wide
+counters one invocation advanced and the next read; those options and flags are refused.
+And stdin: every child's fd 0 was one /dev/null open file description the zygote opened,
+whose O_APPEND and O_NONBLOCK flags one invocation set and the next read; each child now
+opens its own.
 
 Left, and documented (docs/security-model.md): the inode numbers of new pipes and sockets
 come from per-CPU batches of a global counter, which every process's pipes and sockets
@@ -51,3 +56,19 @@ def test_no_mount_ids(sb: Sandbox) -> None:
     out = run(sb, attack="statx", path="/tmp")
     assert out["mnt_id_unique"] == errno.EPERM and out["mnt_id"] == errno.EPERM, out
     assert out["basic"] == "answered", out  # statx() itself still works
+
+
+def test_stdin_flags_do_not_carry_over(sb: Sandbox) -> None:
+    first = run(sb, attack="stdin_flags")
+    for bits in (3, 1, 2):
+        assert run(sb, attack="stdin_flags", bits=bits) == bits  # its own, it may change
+        assert run(sb, attack="stdin_flags") == first  # the next child's is fresh
+
+
+def test_no_socket_cookies_or_pidfds(sb: Sandbox) -> None:
+    out = run(sb, attack="socket_options")
+    for option in ("SO_COOKIE", "SO_PEERPIDFD", "SO_PEERCRED", "SO_PASSPIDFD",
+                   "channel_SO_PEERPIDFD"):
+        assert out[option] == errno.EPERM, (option, out)
+    assert out["ordinary"] == [True, "ping", 0] and out["asyncio"] == "ran", out
+    assert run(sb, attack="clone_pidfd") == {"errno": errno.EPERM}

@@ -122,7 +122,6 @@ class Plan:
     # A new PID namespace per child: needed when the child may create processes (see
     # zygote.py), or where Landlock cannot scope signals.
     pidns_per_child: bool = True
-    null_fd: int = -1  # /dev/null, opened once by the zygote
 
 
 @dataclass
@@ -309,7 +308,15 @@ def _confine(plan: Plan, slot: Slot, chan_fd: int, log_fd: int) -> None:
     # Its own session: a terminal or the zygote's process group never reaches it.
     os.setsid()
     # Descriptors: exactly stdin (/dev/null), stdout/stderr (log pipe), 3 (channel).
-    os.dup2(plan.null_fd, 0)
+    # /dev/null opened here, not once by the zygote: children sharing one open file
+    # description shared its status flags too, and O_APPEND and O_NONBLOCK set by one
+    # invocation (fcntl F_SETFL, ioctl FIONBIO) were read back by the next (review, session
+    # 6: tests/attacks/test_review_shared_counters.py). No descriptor a child can change
+    # may be shared with another.
+    null_fd = os.open("/dev/null", os.O_RDONLY)
+    if null_fd != 0:
+        os.dup2(null_fd, 0)
+        os.close(null_fd)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.dup2(chan_fd, 3)

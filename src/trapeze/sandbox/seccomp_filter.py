@@ -29,6 +29,9 @@ Policy:
   and ioctl requests: locks on a shared read-only file signal between concurrent
   invocations, and metadata of a file the child owns (in the user-namespace mode, the
   deploying user's files) is state Landlock does not govern. See _ALLOWED;
+- getsockopt/setsockopt only for a short list of SOL_SOCKET options, and clone() never with
+  CLONE_PIDFD: socket cookies and pidfd inode numbers are machine-wide counters one
+  invocation could advance and a later one read (review, session 6);
 - the page cache of files every child may read (the app's, the interpreter's) is shared
   state: preadv2() with RWF_NOWAIT answers EOPNOTSUPP (the kernel's "not supported for
   this file", on which callers fall back to a plain read) instead of telling whether a page
@@ -89,8 +92,7 @@ _ALLOWED = (
     "timerfd_settime", "timerfd_gettime", "signalfd4",
     # the inherited channel to the monitor and socketpairs: connected stream or seqpacket
     # sockets only (no socket(), connect(), bind(); socketpair and sendto have rules below)
-    "recvfrom", "sendmsg", "recvmsg", "shutdown", "getsockopt", "setsockopt",
-    "getsockname", "getpeername",
+    "recvfrom", "sendmsg", "recvmsg", "shutdown", "getsockname", "getpeername",
 )
 # Denied by omission (EPERM), and worth naming: chmod, fchmod, fchmodat, fchmodat2, utime,
 # utimes, utimensat, futimesat and the chown family change the metadata of a file the child
@@ -166,6 +168,31 @@ RWF_NOWAIT = 0x8
 # mount, and no library we know asks for these.
 STATX_MNT_ID_BITS = 0x1000 | 0x4000
 
+# Socket options (level SOL_SOCKET) a unix socket pair needs: what socket.socket(fileno=)
+# asks (SO_TYPE, SO_PROTOCOL, SO_DOMAIN), errors, buffer sizes, low-water marks, timeouts.
+# Not SO_COOKIE (a machine-wide counter of every cookie handed out: one invocation took N,
+# the next read how many), SO_PEERPIDFD and SO_PASSPIDFD (pidfds, whose inode numbers count
+# every process and thread created on the machine), SO_PEERCRED and the rest: EPERM.
+SOL_SOCKET = 1
+_GETSOCKOPT_OPTIONS = (
+    3,  # SO_TYPE
+    4,  # SO_ERROR
+    7,  # SO_SNDBUF
+    8,  # SO_RCVBUF
+    18,  # SO_RCVLOWAT
+    19,  # SO_SNDLOWAT
+    20,  # SO_RCVTIMEO_OLD
+    21,  # SO_SNDTIMEO_OLD
+    30,  # SO_ACCEPTCONN
+    38,  # SO_PROTOCOL
+    39,  # SO_DOMAIN
+    66,  # SO_RCVTIMEO_NEW
+    67,  # SO_SNDTIMEO_NEW
+)
+_SETSOCKOPT_OPTIONS = (7, 8, 18, 19, 20, 21, 66, 67)
+# clone() never returns a pidfd (CLONE_PIDFD): see _GETSOCKOPT_OPTIONS.
+CLONE_PIDFD = 0x1000
+
 # Only with declared executables.
 _PROCESS_CALLS = ("execve", "execveat", "vfork", "fork", "setsid", "setpgid")
 
@@ -215,6 +242,13 @@ def build_filter(allow_processes: bool) -> bytes:
                    sc.Arg(1, sc.MASKED_EQ, LOW32 & ~SOCK_FLAGS, sock_type))
     # send() is sendto() with no address; an address is refused outright.
     f.add_rule(sc.ALLOW, "sendto", sc.Arg(4, sc.EQ, 0))
+    # getsockopt/setsockopt(fd, level, optname, ...): level and optname are ints.
+    for opt in _GETSOCKOPT_OPTIONS:
+        f.add_rule(sc.ALLOW, "getsockopt", sc.Arg(1, sc.MASKED_EQ, LOW32, SOL_SOCKET),
+                   sc.Arg(2, sc.MASKED_EQ, LOW32, opt))
+    for opt in _SETSOCKOPT_OPTIONS:
+        f.add_rule(sc.ALLOW, "setsockopt", sc.Arg(1, sc.MASKED_EQ, LOW32, SOL_SOCKET),
+                   sc.Arg(2, sc.MASKED_EQ, LOW32, opt))
     for cmd in _FCNTL_COMMANDS:
         f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.MASKED_EQ, LOW32, cmd))
     for cmd in _IOCTL_COMMANDS:
@@ -242,14 +276,15 @@ def build_filter(allow_processes: bool) -> bytes:
     if allow_processes:
         for name in _PROCESS_CALLS:
             f.add_rule(sc.ALLOW, name)
-        f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, syscalls.NAMESPACE_FLAGS, 0))
+        f.add_rule(sc.ALLOW, "clone",
+                   sc.Arg(0, sc.MASKED_EQ, syscalls.NAMESPACE_FLAGS | CLONE_PIDFD, 0))
         # Processes of its own may be signalled by group (its PID namespace bounds whom).
         f.add_rule(sc.ALLOW, "kill")
     else:
         # pid_t is 32 bits: test its sign bit only, whatever the upper half of the register.
         f.add_rule(sc.ALLOW, "kill", sc.Arg(0, sc.MASKED_EQ, 0x80000000, 0))
         # Threads only: CLONE_THREAD set, no namespace flags.
-        mask = syscalls.CLONE_THREAD | syscalls.NAMESPACE_FLAGS
+        mask = syscalls.CLONE_THREAD | syscalls.NAMESPACE_FLAGS | CLONE_PIDFD
         f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, mask, syscalls.CLONE_THREAD))
     with tempfile.TemporaryFile() as out:
         f.export_bpf(out)

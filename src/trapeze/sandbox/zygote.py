@@ -308,7 +308,6 @@ def main() -> None:
         if mode != MODE_NONE:
             _cover_private_dirs(cfg, plan)
             _make_view_readonly()
-        plan.null_fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         prepare_process(plan)
         modules = AppModules.compile(plan.app_dir)
         modules.preload()

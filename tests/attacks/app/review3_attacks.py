@@ -3,13 +3,19 @@ kernel state every child shares, as a channel between invocations, without timin
 The page cache of a file every child can read (the app's own files, the interpreter's): one
 invocation loads or evicts a file's pages, another asks whether they are cached. The pid
 counter: one invocation starts threads, another reads the ids its own threads get. The
-mount counter: the id of a mount grows with every mount namespace made for a child. Each
+mount counter: the id of a mount grows with every mount namespace made for a child. Socket
+cookies and pidfd inode numbers: machine-wide counters. The status flags of stdin, when it
+was one open file description every child shared. Each
 probe returns what it saw, or the errno that stopped it."""
 
+import asyncio
 import ctypes
+import fcntl
 import mmap
 import os
+import socket
 import threading
+import time
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -171,8 +177,70 @@ def statx_mount_ids(path):
     return out
 
 
+def stdin_flags(event):
+    """Set O_APPEND/O_NONBLOCK on fd 0 as event["bits"] says (1, 2), then read them back."""
+    bits = event.get("bits")
+    if bits is not None:
+        fl = fcntl.fcntl(0, fcntl.F_GETFL) & ~(os.O_APPEND | os.O_NONBLOCK)
+        fl |= (os.O_APPEND if bits & 1 else 0) | (os.O_NONBLOCK if bits & 2 else 0)
+        fcntl.fcntl(0, fcntl.F_SETFL, fl)
+    fl = fcntl.fcntl(0, fcntl.F_GETFL)
+    return (1 if fl & os.O_APPEND else 0) | (2 if fl & os.O_NONBLOCK else 0)
+
+
+SO_PEERCRED, SO_COOKIE, SO_PASSPIDFD, SO_PEERPIDFD = 17, 57, 76, 77
+
+
+def socket_options(_):
+    """Options naming machine-wide counters or other processes, and what ordinary code
+    asks of a socket pair."""
+    a, b = socket.socketpair()
+    out = {
+        "SO_COOKIE": _errno(a.getsockopt, socket.SOL_SOCKET, SO_COOKIE, 8),
+        "SO_PEERPIDFD": _errno(a.getsockopt, socket.SOL_SOCKET, SO_PEERPIDFD),
+        "SO_PEERCRED": _errno(a.getsockopt, socket.SOL_SOCKET, SO_PEERCRED, 12),
+        "SO_PASSPIDFD": _errno(a.setsockopt, socket.SOL_SOCKET, SO_PASSPIDFD, 1),
+        "channel_SO_PEERPIDFD": _errno(socket.socket(fileno=os.dup(3)).getsockopt,
+                                       socket.SOL_SOCKET, SO_PEERPIDFD),
+    }
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+    again = socket.socket(fileno=os.dup(a.fileno()))  # asks SO_TYPE, SO_DOMAIN, SO_PROTOCOL
+    a.sendall(b"ping")
+    out["ordinary"] = [again.type == socket.SOCK_STREAM, b.recv(4).decode(),
+                       a.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)]
+
+    async def main():
+        await asyncio.sleep(0)
+        return "ran"
+
+    out["asyncio"] = asyncio.run(main())
+    return out
+
+
+def clone_pidfd(_):
+    """A thread created with CLONE_PIDFD: the pidfd's inode number counts every process and
+    thread the machine has created."""
+    flags = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x1000  # ... | CLONE_PIDFD
+    _libc.clone.restype = ctypes.c_int
+    _libc.clone.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                            ctypes.c_void_p)
+    stack = ctypes.create_string_buffer(1 << 16)
+    pidfd = ctypes.c_int(-1)
+    ctypes.set_errno(0)
+    # The thread runs syscall(SYS_exit): it ends at once, leaving the process be.
+    tid = _libc.clone(ctypes.cast(_libc.syscall, ctypes.c_void_p).value,
+                      ctypes.addressof(stack) + (1 << 16) - 64, flags, 60, ctypes.byref(pidfd))
+    if tid < 0:
+        return {"errno": ctypes.get_errno()}
+    time.sleep(0.01)
+    return {"pidfd_ino": os.fstat(pidfd.value).st_ino}
+
+
 def handler(event, context):
     if event["attack"] == "spend_pids":
         return spend_pids(event["n"])
+    if event["attack"] == "stdin_flags":
+        return stdin_flags(event)
     return {"evict": evict, "load": load, "probe": probe, "fault_around": fault_around,
-            "read_pids": read_pids, "statx": statx_mount_ids}[event["attack"]](event.get("path"))
+            "read_pids": read_pids, "statx": statx_mount_ids, "socket_options": socket_options,
+            "clone_pidfd": clone_pidfd}[event["attack"]](event.get("path"))
