@@ -356,8 +356,11 @@ def test_only_released_products_are_public(rt: Any, client: httpx.Client,
     r = client.post("/release", headers=auth("owen", label="bottom"), json={"id": "1234567890"})
     assert r.status_code == 200, r.text
     assert r.json() == "Product release started. The storefront will be updated shortly."
-    got = wait_for(lambda: client.get("/products/1234567890").status_code == 200 and
-                   client.get("/products/1234567890").json(), what="the released product")
+    # The release publishes the catalog entry, the price and the image as separate stream
+    # events: wait for all three.
+    got = wait_for(lambda: (lambda r: r.status_code == 200 and {"price", "image"} <= r.json().keys()
+                            and r.json())(client.get("/products/1234567890")),
+                   what="the released product with its price and image")
     assert got["price"] == "10" and got["image"] == "storedImagesTable/1234567890"
     assert client.get("/categories").json() == ["Things"]
     assert [p["id"] for p in client.get("/products", params={"category": "Things"}).json()] \

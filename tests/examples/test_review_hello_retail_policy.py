@@ -342,8 +342,10 @@ def test_f3_release_publishes_only_what_the_declassifier_reads(
     rt, client = compromised
     r = client.post("/release", headers=auth("owen", "bottom"), json={"id": PRODUCT})
     assert r.status_code == 200, r.text
-    got = wait_for(lambda: (lambda r: r.status_code == 200 and r.json())(
-        client.get(f"/products/{PRODUCT}")), what="the released product")
+    # The catalog entry and the price are published by separate stream events: wait for
+    # both (CI once read the product between the two).
+    got = wait_for(lambda: (lambda r: r.status_code == 200 and "price" in r.json() and r.json())(
+        client.get(f"/products/{PRODUCT}")), what="the released product with its price")
     assert got == {"id": PRODUCT, "category": "Things", "brand": "ACME", "name": SECRET_NAME,
                    "description": "Something you need", "price": "10"}
     public = rt.view("bottom").get("productCatalogTable", PRODUCT)
