@@ -11,6 +11,11 @@ counters one invocation advanced and the next read; those options and flags are 
 And stdin: every child's fd 0 was one /dev/null open file description the zygote opened,
 whose O_APPEND and O_NONBLOCK flags one invocation set and the next read; each child now
 opens its own.
+statfs() of any path on the store's filesystem showed its free blocks fall with every
+write a high invocation made, and stay down; sysinfo()'s free memory moves with the same
+writes: both are refused. And the slot: children took the lowest free slot, so with a pool
+of two each invocation swapped the slot (the uid, as root) the next child ran as, which
+told it how many invocations ran in between; slots are now drawn at random.
 
 Left, and documented (docs/security-model.md): the inode numbers of new pipes and sockets
 come from per-CPU batches of a global counter, which every process's pipes and sockets
@@ -72,3 +77,18 @@ def test_no_socket_cookies_or_pidfds(sb: Sandbox) -> None:
         assert out[option] == errno.EPERM, (option, out)
     assert out["ordinary"] == [True, "ping", 0] and out["asyncio"] == "ran", out
     assert run(sb, attack="clone_pidfd") == {"errno": errno.EPERM}
+
+
+def test_no_free_space_or_memory_figures(sb: Sandbox) -> None:
+    out = run(sb, attack="disk_and_memory")
+    assert out == {"statvfs": errno.EPERM, "fstatvfs": errno.EPERM, "sysinfo": errno.EPERM}, out
+
+
+def test_the_slot_uid_does_not_count_invocations(sb: Sandbox) -> None:
+    uids = [run(sb, attack="uid") for _ in range(30)]
+    if sb.mode == "root":
+        # Drawn at random among ~250 free slots: with the lowest free slot, a pool of two
+        # alternated between two uids, in an order set by how many invocations ran.
+        assert len(set(uids)) >= 10, uids
+    else:
+        assert set(uids) == {0}  # root of the zygote's user namespace, every child

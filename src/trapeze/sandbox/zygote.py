@@ -37,10 +37,10 @@ the child, and unshare(CLONE_NEWUSER) refuses multi-threaded callers.
 from __future__ import annotations
 
 import gc
-import heapq
 import importlib
 import os
 import resource
+import secrets
 import selectors
 import signal
 import socket
@@ -337,8 +337,12 @@ def main() -> None:
                  "pid": os.getpid(), "pidns_per_child": plan.pidns_per_child})
 
     uid_base: int = cfg["uid_base"]
-    # A heap: the next child always gets the lowest free slot (its uid), never "the slot
-    # that freed last", which would tell it in which order earlier children ended.
+    # The next child gets a free slot (its uid) drawn at random: "the slot that freed last"
+    # would tell it in which order earlier children ended, and "the lowest free slot" how
+    # many invocations ran before it (with a pool of two in slots 0 and 1, each invocation
+    # swapped which slot the next child came from: review, session 6,
+    # tests/attacks/test_review_shared_counters.py). At random, a child's uid tells it only
+    # which slots were busy when it was forked, a fact of concurrency.
     free_slots = list(range(cfg["max_slots"]))
     slots: dict[int, Slot] = {}  # index -> prepared slot (namespace, ruleset)
     # pidfd -> (slot, replace when it exits). Nothing else of a child is kept (module doc 6).
@@ -366,7 +370,9 @@ def main() -> None:
                 pool_pending -= 1
             else:
                 extras_pending -= 1
-            index = heapq.heappop(free_slots)
+            pick = secrets.randbelow(len(free_slots))
+            free_slots[pick], free_slots[-1] = free_slots[-1], free_slots[pick]
+            index = free_slots.pop()
             if mode == MODE_NONE:
                 slot = Slot(index, uid_base + index)
             else:
@@ -428,7 +434,7 @@ def main() -> None:
             if mode != MODE_NONE:
                 # A fresh namespace and tmpfs for the slot's next child, whatever this one did.
                 close_slot(slots.pop(index))
-            heapq.heappush(free_slots, index)
+            free_slots.append(index)
             # Replace a pool child after its invocation (not while it runs), unless the
             # pool has shrunk since.
             if replace and pool > sum(c[1] for c in children.values()) + pool_pending:

@@ -5,7 +5,8 @@ invocation loads or evicts a file's pages, another asks whether they are cached.
 counter: one invocation starts threads, another reads the ids its own threads get. The
 mount counter: the id of a mount grows with every mount namespace made for a child. Socket
 cookies and pidfd inode numbers: machine-wide counters. The status flags of stdin, when it
-was one open file description every child shared. Each
+was one open file description every child shared. Free blocks of a filesystem (statfs) and
+free memory (sysinfo), which the store's writes move. The slot uid a child runs as. Each
 probe returns what it saw, or the errno that stopped it."""
 
 import asyncio
@@ -27,7 +28,7 @@ _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 PROT_READ, MAP_PRIVATE = 1, 2
 
-SYS_PREADV2, SYS_FADVISE64, SYS_MADVISE, SYS_STATX = 327, 221, 28, 332
+SYS_PREADV2, SYS_FADVISE64, SYS_MADVISE, SYS_STATX, SYS_SYSINFO = 327, 221, 28, 332, 99
 RWF_NOWAIT = 0x8
 POSIX_FADV_DONTNEED = 4
 MADV_COLD, MADV_PAGEOUT = 20, 21
@@ -236,11 +237,23 @@ def clone_pidfd(_):
     return {"pidfd_ino": os.fstat(pidfd.value).st_ino}
 
 
+def disk_and_memory(_):
+    out = {"statvfs": _errno(os.statvfs, "/usr"), "fstatvfs": _errno(os.fstatvfs, 0)}
+    info = ctypes.create_string_buffer(128)
+    ctypes.set_errno(0)
+    ret = _libc.syscall(ctypes.c_long(SYS_SYSINFO), info)
+    out["sysinfo"] = ctypes.get_errno() if ret != 0 else "answered"
+    return out
+
+
 def handler(event, context):
+    if event["attack"] == "uid":
+        return os.getuid()
     if event["attack"] == "spend_pids":
         return spend_pids(event["n"])
     if event["attack"] == "stdin_flags":
         return stdin_flags(event)
     return {"evict": evict, "load": load, "probe": probe, "fault_around": fault_around,
             "read_pids": read_pids, "statx": statx_mount_ids, "socket_options": socket_options,
-            "clone_pidfd": clone_pidfd}[event["attack"]](event.get("path"))
+            "clone_pidfd": clone_pidfd,
+            "disk_and_memory": disk_and_memory}[event["attack"]](event.get("path"))
