@@ -126,3 +126,18 @@ def test_the_node_agent_environment_does_not_leak(ray_app: Any) -> None:
     assert set(r.value["env"]) <= {"PATH", "LANG", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                    "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "LC_CTYPE"}
     assert os.environ.get("RAY_USAGE_STATS_ENABLED") == "0"  # the test process has them
+
+
+def test_the_node_an_invocation_lands_on_counts_nothing(ray_app: Any) -> None:
+    """Review, session 6: nodes were picked in turn among the least loaded, by a counter of
+    every invocation of every label, so the node of a public invocation (its uid block)
+    told how many invocations had run since the last one: a number a high function sets
+    with invoke_async. Ties are now broken at random. One after the other on an idle
+    cluster, in turn meant never the same node twice in a row; at random, a third of the
+    time (at least 5 of 59 fails with probability ~1e-6)."""
+    results = [ray_app.invoke("node", {}, as_label="public") for _ in range(60)]
+    assert all(r.status == "ok" for r in results), results
+    blocks = [r.value for r in results]
+    assert len(set(blocks)) == 3, blocks  # three nodes, each with its own uid block
+    repeats = sum(a == b for a, b in zip(blocks, blocks[1:], strict=False))
+    assert repeats >= 5, blocks

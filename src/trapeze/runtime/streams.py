@@ -47,6 +47,7 @@ claims only as many lanes as it has idle delivery workers, leaving the rest to t
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -140,7 +141,6 @@ class StreamEngine:
         # in a tight loop meanwhile.
         self._hold: dict[tuple[str, str, str, str], float] = {}
         self._detached = 0
-        self._turn = 0  # rotates where each scheduling pass starts (fairness among lanes)
 
     # ------------------------------------------------------------------ producers
     def spec(self, stream: str) -> StreamSpec:
@@ -280,9 +280,11 @@ class StreamEngine:
         if not candidates:
             return
         # Workers are scarce: start each pass at another lane so that none waits forever
-        # behind busier ones.
-        self._turn = (self._turn + 1) % len(candidates)
-        for spec, lane in candidates[self._turn:] + candidates[:self._turn]:
+        # behind busier ones. At a random one, not the next in turn: a counter of passes
+        # over the lanes of every label would order two low lanes' deliveries by how many
+        # passes higher lanes had caused (review, session 6).
+        start = secrets.randbelow(len(candidates))
+        for spec, lane in candidates[start:] + candidates[:start]:
             key = (lane.stream, lane.consumer, lane.partition, lane.label)
             with self._wake:
                 if self._stopping or self._pool is None:

@@ -31,6 +31,7 @@ agent whose node died is dropped, an agent that failed while its node lives is r
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -134,7 +135,6 @@ class RayExecutor:
         self._lock = threading.Lock()
         self._agents: dict[str, _Agent] = {}
         self._failed_at: dict[str, float] = {}  # node id -> when its agent last failed
-        self._turn = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._owns_ray = False
@@ -333,11 +333,12 @@ class RayExecutor:
             live = [a for a in self._agents.values() if a.ready and not a.failed]
             if not live:
                 return None
-            self._turn += 1
-            # Fewest in flight; among equals, take turns.
-            order = sorted(range(len(live)),
-                           key=lambda i: (live[i].inflight, (i - self._turn) % len(live)))
-            agent = live[order[0]]
+            # Fewest in flight; among equals, one at random. Not in turn: a counter of picks
+            # over invocations of every label made the node of the next public invocation
+            # (its uid block, its hostname) tell how many invocations had run since the last
+            # one, a number a high function sets with invoke_async (review, session 6).
+            fewest = min(a.inflight for a in live)
+            agent = secrets.choice([a for a in live if a.inflight == fewest])
             agent.inflight += 1
             return agent
 
