@@ -46,10 +46,11 @@ def test_invocations_are_spread_over_every_node(ray_platform: Any) -> None:
     rt = ray_platform
     before = rt._ray.executed_per_node()
     assert len(before) == NODES
-    for i in range(3 * NODES):
+    for i in range(20 * NODES):
         assert rt.invoke("echo", {"i": i}).ok
     after = rt._ray.executed_per_node()
-    # One at a time, each picks the least busy node in turn: every node got work.
+    # One at a time, each picks one of the (equally idle) nodes at random: every node got
+    # work (a node left out of 60 picks: probability ~1e-10).
     assert all(after[n] > before[n] for n in before), (before, after)
 
 
