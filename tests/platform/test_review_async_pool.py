@@ -97,8 +97,28 @@ def test_pending_high_work_never_refuses_a_low_async_invoke(tmp_path: Path) -> N
             invoker.invoke_async(high, "f", "block", "secret")
         with pytest.raises(LimitExceeded, match="'secret'"):
             invoker.invoke_async(high, "f", "block", "secret")
-        # A public caller is refused only by work pending at public.
+        # A public caller is refused only by work public callers started: not when it starts
+        # work at secret either, which is where secret code filled the queue (review,
+        # session 6: the refusal reached the public caller, a bit about secret activity).
         invoker.invoke_async(low, "f", "work", "public")
+        invoker.invoke_async(low, "f", "work", "secret")
+    finally:
+        runner.release.set()
+        invoker.close()
+
+
+def test_the_async_quota_counts_callers_at_one_label(tmp_path: Path) -> None:
+    """The refusal a caller at L can get depends on what callers at L started, whatever the
+    target label: here public callers fill their quota with work at secret."""
+    invoker, runner, _monitor = _invoker(tmp_path)
+    low = Invocation("l", "f", "public", "public", time.time() + 30)
+    high = Invocation("h", "f", "secret", "secret", time.time() + 30)
+    try:
+        for _ in range(invoker._max_pending_per_label):
+            invoker.invoke_async(low, "f", "block", "secret")
+        with pytest.raises(LimitExceeded, match="from callers at label 'public'"):
+            invoker.invoke_async(low, "f", "block", "public")
+        invoker.invoke_async(high, "f", "work", "secret")  # secret's own quota is untouched
     finally:
         runner.release.set()
         invoker.close()

@@ -147,9 +147,12 @@ class Invoker:
         self._pending_async = 0
         self.executed = 0
         # Pending asynchronous invocations (events held in memory until they run): at most
-        # `per_label` per target label — a refusal at label L then depends only on work
-        # started at L, which only callers at labels ⊑ L can start — and at most `overall`
-        # (memory: docs/security-model.md on shared resources).
+        # `per_label` started by callers at each label — counted at the caller's label, the
+        # label the refusal reaches, so that a refusal at L depends only on work started by
+        # callers at L. Not at the target label, as before: a public caller starting work at
+        # `secret` was refused when secret code had filled secret's quota, one bit per call
+        # about secret activity (review, session 6). At most `overall` in all (memory:
+        # docs/security-model.md on shared resources).
         self._max_pending_per_label = queue * 4
         self._max_pending_async = queue * 16
         self._max_pending_bytes = MAX_PENDING_ASYNC_BYTES
@@ -355,12 +358,13 @@ class Invoker:
         if function not in self.runners:
             raise NotFound(f"no function named {function!r}")
         size = len(msgpack.packb(event, use_bin_type=True))
+        quota = parent.label  # the label this call's reply (and any refusal) goes to
         with self._idle:
-            at_label = self._pending_by_label.get(label, 0)
+            at_label = self._pending_by_label.get(quota, 0)
             if at_label >= self._max_pending_per_label:
                 raise LimitExceeded(
-                    f"too many asynchronous invocations pending at label {label!r} (at most "
-                    f"{self._max_pending_per_label}); retry later"
+                    f"too many asynchronous invocations pending from callers at label "
+                    f"{quota!r} (at most {self._max_pending_per_label}); retry later"
                 )
             if (self._pending_async >= self._max_pending_async
                     or self._pending_bytes + size > self._max_pending_bytes):
@@ -370,34 +374,34 @@ class Invoker:
                     "events); retry later"
                 )
             self._pending_async += 1
-            self._pending_by_label[label] = at_label + 1
+            self._pending_by_label[quota] = at_label + 1
             self._pending_bytes += size
         request_id = uuid.uuid4().hex
         try:
             self._async_drivers.submit(self._run_with_retries, parent, function, event, label,
-                                       request_id, size)
+                                       request_id, size, quota)
         except BaseException:
-            self._async_done(label, size)
+            self._async_done(quota, size)
             raise
         return request_id
 
-    def _async_done(self, label: str, size: int) -> None:
+    def _async_done(self, quota: str, size: int) -> None:
         with self._idle:
             self._pending_async -= 1
             self._pending_bytes -= size
-            left = self._pending_by_label.pop(label) - 1
+            left = self._pending_by_label.pop(quota) - 1
             if left:
-                self._pending_by_label[label] = left
+                self._pending_by_label[quota] = left
             self._idle.notify_all()
 
     def _run_with_retries(self, parent: Invocation, function: str, event: Any, label: str,
-                          request_id: str, size: int) -> None:
+                          request_id: str, size: int, quota: str) -> None:
         # Nobody waits for an asynchronous invocation: its bound is top, and what it returns
         # is recorded in its log at its own label. Each attempt starts afresh at `label`.
         try:
             self._attempts(parent, function, event, label, request_id)
         finally:
-            self._async_done(label, size)
+            self._async_done(quota, size)
 
     def _attempts(self, parent: Invocation, function: str, event: Any, label: str,
                   request_id: str) -> None:

@@ -60,6 +60,7 @@ from trapeze.policy.specs import StreamSpec
 from trapeze.runtime.engine_store import ClaimLost, EngineDB, Lane, StoredRecord, dumps, loads
 
 log = logging.getLogger("trapeze.streams")
+_SHUFFLE = secrets.SystemRandom()  # scheduling order: see _schedule
 
 DEFAULT_PARTITION = "default"
 MAX_PARTITION_KEY = 256
@@ -279,12 +280,15 @@ class StreamEngine:
                                   if lane.newest > lane.last_id and lane.next_at <= now)
         if not candidates:
             return
-        # Workers are scarce: start each pass at another lane so that none waits forever
-        # behind busier ones. At a random one, not the next in turn: a counter of passes
-        # over the lanes of every label would order two low lanes' deliveries by how many
-        # passes higher lanes had caused (review, session 6).
-        start = secrets.randbelow(len(candidates))
-        for spec, lane in candidates[start:] + candidates[:start]:
+        # Workers are scarce: each pass visits the lanes in a fresh random order, so that none
+        # waits forever behind busier ones. Not in turn (a counter of passes over the lanes
+        # of every label ordered two low lanes' deliveries by how many passes higher lanes
+        # had caused), and not a random rotation either: rotating the table's order put a
+        # low lane first less often the more high lanes sorted just before it (high code
+        # picks its partitions, so where they sort). In a uniform shuffle two low lanes are
+        # each first half the time, whatever else is waiting (review, session 6).
+        _SHUFFLE.shuffle(candidates)
+        for spec, lane in candidates:
             key = (lane.stream, lane.consumer, lane.partition, lane.label)
             with self._wake:
                 if self._stopping or self._pool is None:
