@@ -380,6 +380,28 @@ def prepare_process(plan: Plan) -> None:
     os.environ.clear()
     os.environ.update(plan.env)
     tempfile.tempdir = "/tmp"
+    _answer_memory_size_from_the_limit(plan.memory_mb)
+
+
+def _answer_memory_size_from_the_limit(memory_mb: int) -> None:
+    """os.sysconf("SC_PHYS_PAGES") and "SC_AVPHYS_PAGES" answer the function's memory limit.
+
+    glibc computes them with sysinfo(), which the seccomp filter refuses (its free-memory
+    figures move with other invocations' writes), and ignores the error: the answer would be
+    whatever was on the stack. The limit is what a container-aware runtime reports anyway.
+    C code calling sysconf() itself still gets glibc's nonsense (docs/guest-api.md)."""
+    real_sysconf = os.sysconf
+    pages = memory_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE")
+    names = {"SC_PHYS_PAGES", "SC_AVPHYS_PAGES"}
+    numbers = {os.sysconf_names[n] for n in names if n in os.sysconf_names}
+
+    def sysconf(name: str | int) -> int:
+        if name in names or name in numbers:
+            return pages
+        return real_sysconf(name)
+
+    sysconf.__doc__ = real_sysconf.__doc__
+    os.sysconf = sysconf
 
 
 __all__ = ["COVERED_SYSTEM_DIRS", "Plan", "PrivateDirExposed", "Slot", "close_slot", "confine",

@@ -94,12 +94,10 @@ _ALLOWED = (
     # sockets only (no socket(), connect(), bind(); socketpair and sendto have rules below)
     "recvfrom", "sendmsg", "recvmsg", "shutdown", "getsockname", "getpeername",
 )
-# Denied by omission (EPERM), and worth naming: statfs and fstatfs, whose free-block count
-# of the filesystem the store lives on fell with every write a high invocation made and
-# stayed down for the next one to read (the store's directory is covered, its filesystem is
-# not); sysinfo, whose free memory and page-cache figures move with the same writes and
-# whose process count moves with other invocations' threads (glibc's sysconf(_SC_PHYS_PAGES)
-# ignores the error). chmod, fchmod, fchmodat, fchmodat2, utime,
+# Denied by omission (EPERM), and worth naming: sysinfo, whose free-memory and page-cache
+# figures move with other invocations' writes and its process count with their threads
+# (glibc's sysconf(_SC_PHYS_PAGES) ignores the error; os.sysconf is answered from the
+# memory limit, see confine.py). chmod, fchmod, fchmodat, fchmodat2, utime,
 # utimes, utimensat, futimesat and the chown family change the metadata of a file the child
 # owns -- in the user-namespace mode, every file of the deploying user it can reach, app
 # files included, which Landlock does not govern: state that would outlive the invocation
@@ -136,7 +134,7 @@ _IOCTL_COMMANDS = (
 # madvise advice that concerns only the caller's own mappings. MADV_COLD and MADV_PAGEOUT
 # (which evict the shared page cache of a file mapping), MADV_MERGEABLE (KSM: merged pages
 # are shared with other processes) and MADV_COLLAPSE (builds huge pages in a file's page
-# cache) are accepted and ignored; MADV_REMOVE, MADV_HWPOISON and the rest fail with EPERM.
+# cache) are accepted and ignored; MADV_HWPOISON and the rest fail with EPERM.
 _MADVISE_ADVICE = (
     0,  # MADV_NORMAL
     1,  # MADV_RANDOM
@@ -144,6 +142,7 @@ _MADVISE_ADVICE = (
     3,  # MADV_WILLNEED: loads pages, as reading them does
     4,  # MADV_DONTNEED: drops the caller's own mappings (glibc's free, thread stacks)
     8,  # MADV_FREE
+    9,  # MADV_REMOVE: punches a hole in a shared writable mapping (the child's own tmp files)
     10,  # MADV_DONTFORK
     11,  # MADV_DOFORK
     13,  # MADV_UNMERGEABLE
@@ -259,6 +258,12 @@ def build_filter(allow_processes: bool) -> bytes:
     for cmd in _IOCTL_COMMANDS:
         f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, LOW32, cmd))
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    # statfs and fstatfs: the free-block count of the filesystem the store lives on fell
+    # with every write a high invocation caused and stayed down for the next one to read
+    # (the store's directory is covered, its filesystem is not). ENOSYS, not EPERM: glibc's
+    # pathconf() then falls back to the usual limits (NAME_MAX 255...) instead of failing.
+    f.add_rule(sc.ERRNO(errno.ENOSYS), "statfs")
+    f.add_rule(sc.ERRNO(errno.ENOSYS), "fstatfs")
     # The page cache: see the module docstring. preadv2's flags are its sixth argument
     # (rwf_t, an int: only the low half of the register counts), fadvise64's advice its
     # fourth, madvise's its third.

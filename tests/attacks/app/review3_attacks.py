@@ -243,6 +243,10 @@ def disk_and_memory(_):
     ctypes.set_errno(0)
     ret = _libc.syscall(ctypes.c_long(SYS_SYSINFO), info)
     out["sysinfo"] = ctypes.get_errno() if ret != 0 else "answered"
+    # What ordinary code asks instead still answers: pathconf (glibc falls back when statfs
+    # says ENOSYS) and the memory size (the function's limit).
+    out["name_max"] = os.pathconf("/tmp", "PC_NAME_MAX")
+    out["phys_bytes"] = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return out
 
 
