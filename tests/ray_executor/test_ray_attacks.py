@@ -130,14 +130,20 @@ def test_the_node_agent_environment_does_not_leak(ray_app: Any) -> None:
 
 def test_the_node_an_invocation_lands_on_counts_nothing(ray_app: Any) -> None:
     """Review, session 6: nodes were picked in turn among the least loaded, by a counter of
-    every invocation of every label, so the node of a public invocation (its uid block)
-    told how many invocations had run since the last one: a number a high function sets
-    with invoke_async. Ties are now broken at random. One after the other on an idle
-    cluster, in turn meant never the same node twice in a row; at random, a third of the
-    time (at least 5 of 59 fails with probability ~1e-6)."""
-    results = [ray_app.invoke("node", {}, as_label="public") for _ in range(60)]
-    assert all(r.status == "ok" for r in results), results
-    blocks = [r.value for r in results]
-    assert len(set(blocks)) == 3, blocks  # three nodes, each with its own uid block
-    repeats = sum(a == b for a, b in zip(blocks, blocks[1:], strict=False))
-    assert repeats >= 5, blocks
+    every invocation of every label, so the node of a public invocation (which its code
+    could tell by its uid block, before children saw no uid) told how many invocations had
+    run since the last one: a number a high function sets with invoke_async. Ties are now
+    broken at random. One after the other on an idle cluster, in turn meant never the same
+    node twice in a row; at random, a third of the time (at least 5 of 59 fails with
+    probability ~1e-6). Which node ran each call is read from the executor's counts."""
+    nodes = []
+    for _ in range(60):
+        before = ray_app._ray.executed_per_node()
+        assert attack(ray_app, "tmp_works") == "fine"
+        after = ray_app._ray.executed_per_node()
+        ran = [n for n in after if after[n] != before.get(n, 0)]
+        assert len(ran) == 1, (before, after)
+        nodes.append(ran[0])
+    assert len(set(nodes)) == 3, nodes
+    repeats = sum(a == b for a, b in zip(nodes, nodes[1:], strict=False))
+    assert repeats >= 5, nodes

@@ -126,6 +126,9 @@ class Plan:
     # A new PID namespace per child: needed when the child may create processes (see
     # zygote.py), or where Landlock cannot scope signals.
     pidns_per_child: bool = True
+    # As root: each child enters a user namespace of its own that maps no uid, so that it
+    # sees itself (and its files) as the overflow uid, not its slot's uid (zygote.py).
+    hide_uid: bool = False
 
 
 @dataclass
@@ -336,6 +339,14 @@ def _confine(plan: Plan, slot: Slot, chan_fd: int, log_fd: int) -> None:
             os.setgroups([])
             os.setresgid(slot.uid, slot.uid, slot.uid)
             os.setresuid(slot.uid, slot.uid, slot.uid)  # clears every capability
+            if plan.hide_uid:
+                # A user namespace that maps nothing: getuid(), stat() and the like show the
+                # overflow uid (nobody) instead of the slot's, which told a child whether
+                # another invocation had run since the last one it saw (a reused slot).
+                # The capabilities it brings are over that empty namespace only, and are
+                # shed at once.
+                sc.unshare(sc.CLONE_NEWUSER)
+                sc.drop_all_capabilities()
         else:
             # Root of the zygote's user namespace: shed the namespace capabilities (mount,
             # net admin on the empty netns...). no_new_privs keeps exec from regaining them.

@@ -258,7 +258,31 @@ def _build_plan(cfg: dict[str, Any], mode: str, roots: list[str]) -> Plan:
     # namespace costs ~0.12 ms of CPU per child here (create at fork, tear down at exit),
     # off the invocation path.
     plan.pidns_per_child = True
+    if mode == MODE_ROOT:
+        plan.hide_uid = _unprivileged_userns_works(cfg["uid_base"])
     return plan
+
+
+def _unprivileged_userns_works(uid: int) -> bool:
+    """Whether a process running as a slot uid may create a user namespace (a sysctl or an
+    AppArmor policy may forbid it): asked once, of a throwaway child. Where it may not,
+    children show their slot uid, a residual documented in docs/security-model.md."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            sc.unshare(sc.CLONE_NEWUSER)
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    ok = os.waitstatus_to_exitcode(status) == 0
+    if not ok:
+        print("trapeze zygote: unprivileged user namespaces are unavailable; children show "
+              "their slot uid (docs/security-model.md, Slots)", file=sys.stderr)
+    return ok
 
 
 def _child(plan: Plan, slot: Slot, chan_fd: int, log_fd: int, modules: AppModules) -> None:

@@ -252,7 +252,7 @@ def disk_and_memory(_):
 
 def handler(event, context):
     if event["attack"] == "uid":
-        return os.getuid()
+        return [os.getuid(), os.stat("/tmp").st_uid]
     if event["attack"] == "spend_pids":
         return spend_pids(event["n"])
     if event["attack"] == "stdin_flags":

@@ -26,12 +26,6 @@ def spawner(event: dict[str, Any], context: Any) -> Any:
             for k in event["keys"]]
 
 
-def node(event: dict[str, Any], context: Any) -> Any:
-    """Which node this runs on, as function code can tell: each node's sandbox has its own
-    block of slot uids."""
-    return os.getuid() // 1024
-
-
 def _caught(fn: Any, *args: Any) -> dict[str, Any]:
     try:
         result = fn(*args)
