@@ -26,6 +26,7 @@ advance."""
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -95,3 +96,18 @@ def test_the_slot_uid_does_not_count_invocations(sb: Sandbox) -> None:
     had run in between."""
     seen = {tuple(run(sb, attack="uid")) for _ in range(30)}
     assert seen == ({(65534, 65534)} if sb.mode == "root" else {(0, 0)}), seen
+
+
+def test_which_waiting_child_serves_counts_nothing(sb: Sandbox) -> None:
+    """Each child's /tmp device number and mount-namespace inode were the lowest free when
+    it was forked, and the oldest waiting child served next: a pool of two went round two
+    numbers in order, so the number told a child how many invocations had run since the
+    last one it saw (review, session 6). A waiting child is now drawn at random: one after
+    the other, the same number twice in a row half the time (at least 5 of 39 fails with
+    probability ~1e-6), where oldest-first never repeated."""
+    seen = []
+    for _ in range(40):
+        seen.append(tuple(run(sb, attack="tmp_dev")))
+        time.sleep(0.05)  # the replacement is forked before the next call, as when idle
+    repeats = sum(a == b for a, b in zip(seen, seen[1:], strict=False))
+    assert repeats >= 5, seen

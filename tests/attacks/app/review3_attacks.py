@@ -251,6 +251,8 @@ def disk_and_memory(_):
 
 
 def handler(event, context):
+    if event["attack"] == "tmp_dev":
+        return [os.stat("/tmp").st_dev, os.readlink("/proc/self/ns/mnt")]
     if event["attack"] == "uid":
         return [os.getuid(), os.stat("/tmp").st_uid]
     if event["attack"] == "spend_pids":
