@@ -163,6 +163,7 @@ class Sandbox:
         self._closed = False
         self._zygote_dead = False
         self.pidns_per_child = True
+        self.hide_uid = False
         self._uid_base = UID_REGION  # unused unless the zygote runs as root (see start)
         self._uid_lock: int | None = None
 
@@ -232,6 +233,9 @@ class Sandbox:
         self.mode = hello["mode"]
         self.landlock_abi = hello["landlock_abi"]
         self.pidns_per_child = bool(hello.get("pidns_per_child", True))
+        # As root: whether children see the overflow uid instead of their slot's (zygote.py,
+        # _unprivileged_userns_works); False where the kernel forbids it, and when not root.
+        self.hide_uid = bool(hello.get("hide_uid", False))
         self._ctrl_poll.register(ours.fileno(), select.POLLIN)
         if self.spec.prefork:
             self._send({"op": "pool", "n": self.spec.prefork})

@@ -358,7 +358,8 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     _send(ctrl, {"t": "hello", "mode": mode, "landlock_abi": plan.landlock_abi,
-                 "pid": os.getpid(), "pidns_per_child": plan.pidns_per_child})
+                 "pid": os.getpid(), "pidns_per_child": plan.pidns_per_child,
+                 "hide_uid": plan.hide_uid})
 
     uid_base: int = cfg["uid_base"]
     # The next child gets a free slot (its uid) drawn at random: "the slot that freed last"
