@@ -34,6 +34,23 @@ def refuse_newer_schema(have: int | None, ours: int, holder: str, elsewhere: str
         )
 
 
+def extend_label_names(n: int, names: list[str | None], ids: dict[str, int],
+                       rows: list[tuple[int, str]]) -> tuple[int, list[str | None],
+                                                            dict[str, int]]:
+    """A label snapshot grown by ``rows`` of facet_labels (id, label): the new ``n`` (one past
+    the highest id), the names by id and the ids by name, as new objects (the old snapshot
+    stays valid for readers holding it). Rows never change once written, so ids below ``n``
+    are already known and are skipped. Shared by both backends' label caches."""
+    new_n = max(n, 1 + max((i for i, _ in rows), default=-1))
+    new_names = names + [None] * (new_n - n)
+    new_ids = ids.copy()
+    for i, label in rows:
+        if i >= n:
+            new_names[i] = label
+            new_ids[label] = i
+    return new_n, new_names, new_ids
+
+
 @final
 class _Missing:
     """Sentinel for "no expectation" in ``put(..., expect=...)`` (None means "absent")."""

@@ -65,6 +65,7 @@ from trapeze.store.base import (
     MISSING,
     FacetedStore,
     PlainStore,
+    extend_label_names,
     refuse_newer_schema,
 )
 from trapeze.store.sqlite import (
@@ -486,14 +487,7 @@ class _Labels:
     def extended(self, rows: list[tuple[int, str]]) -> _Labels:
         """The snapshot that adds ``rows`` (rows of facet_labels with id ≥ ``n``) to this one."""
         new = _Labels(self._flows)
-        n = max(self.n, 1 + max((i for i, _ in rows), default=-1))
-        names = self.names + [None] * (n - self.n)
-        ids = self.ids.copy()
-        for i, name in rows:
-            if i >= self.n:
-                names[i] = name
-                ids[name] = i
-        new.n, new.names, new.ids = n, names, ids
+        new.n, new.names, new.ids = extend_label_names(self.n, self.names, self.ids, rows)
         new._known_readers = self._known_readers
         new._known_uppers = self._known_uppers
         return new

@@ -63,6 +63,7 @@ from trapeze.store.base import (
     MISSING,
     FacetedStore,
     PlainStore,
+    extend_label_names,
     refuse_newer_schema,
 )
 from trapeze.store.sqlite_writer import WriterLock
@@ -480,14 +481,7 @@ class _LabelCache:
     def extended(self, rows: list[tuple[int, str]]) -> _LabelCache:
         """The snapshot that adds ``rows`` (rows of facet_labels with id ≥ ``n``) to this one."""
         new = _LabelCache(self._flows)
-        n = max(self.n, 1 + max((i for i, _ in rows), default=-1))
-        names = self.names + [None] * (n - self.n)
-        ids = self.ids.copy()
-        for i, lab in rows:
-            if i >= self.n:  # ids below n never appear later (see above)
-                names[i] = lab
-                ids[lab] = i
-        new.n, new.names, new.ids = n, names, ids
+        new.n, new.names, new.ids = extend_label_names(self.n, self.names, self.ids, rows)
         new._known_readers = self._known_readers
         new._known_uppers = self._known_uppers
         return new
