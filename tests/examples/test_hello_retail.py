@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from hr_support import free_port, wait_for
+from hr_support import PNG, ImageServer, Mailbox, wait_for
 
 from trapeze import App
 
@@ -35,71 +33,26 @@ UPDATE_PHONE = "com.nordstrom/user-info/update-phone/1-0-0"
 LOGIN = "com.nordstrom/user-info/login/1-0-0"
 
 TOKENS = {p: f"dev-{p}" for p in ("owen", "peter", "paul", "alice", "bob", "ccco")}
-# A 1x1 transparent PNG: what the photographer "uploads".
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
-)
 ALICE_CARD, BOB_CARD = "1234123412341235", "1234123412341234"
 
 
 # ---------------------------------------------------------------------- external services
-class Mailbox:
-    """An aiosmtpd handler keeping every message it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.port = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        with self.lock:
-            self.messages.append({"to": list(envelope.rcpt_tos),
-                                  "text": envelope.content.decode("utf-8", "replace")})
-        return "250 OK"
-
-    def to(self, address: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [m for m in self.messages if address in m["to"]]
-
-
 @pytest.fixture(scope="module")
 def mailbox() -> Iterator[Mailbox]:
-    from aiosmtpd.controller import Controller
-
-    box = Mailbox()
-    box.port = free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=box.port)
-    controller.start()
+    box = Mailbox().start()
     try:
         yield box
     finally:
-        controller.stop()
+        box.stop()
 
 
 @pytest.fixture(scope="module")
 def image_server() -> Iterator[str]:
-    class Images(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path != "/photo.png":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(PNG)))
-            self.end_headers()
-            self.wfile.write(PNG)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Images)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = ImageServer(only="/photo.png")
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        yield server.url
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 # ---------------------------------------------------------------------- the app

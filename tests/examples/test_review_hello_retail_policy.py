@@ -21,21 +21,17 @@ the leak, and the test asserts that it is stopped — while the legitimate flow 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import shutil
-import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from hr_support import free_port, wait_for
+from hr_support import ImageServer, Mailbox, wait_for
 
 from trapeze import App
 
@@ -45,9 +41,6 @@ HELLO_RETAIL = EXAMPLES / "hello_retail"
 CREATE = "com.nordstrom/product/create/1-0-0"
 UPDATE_PHONE = "com.nordstrom/user-info/update-phone/1-0-0"
 LOGIN = "com.nordstrom/user-info/login/1-0-0"
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
-)
 PHOTOGRAPHERS = (("peter", "654321", "15551231234"), ("paul", "654322", "15551231235"))
 PHONE_OF = {who: phone for who, _, phone in PHOTOGRAPHERS}
 PRODUCT = "1234567890"
@@ -71,55 +64,19 @@ def no_loot(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------- external services
-class Mailbox:
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        with self.lock:
-            self.messages.append({"to": list(envelope.rcpt_tos),
-                                  "text": envelope.content.decode("utf-8", "replace")})
-        return "250 OK"
-
-    def all(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(self.messages)
-
-
 class Services:
     """An SMTP sink and an image server that records every path it is asked for."""
 
     def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self.mailbox = Mailbox()
-        self.smtp_port = free_port()
-        self._smtp = Controller(self.mailbox, hostname="127.0.0.1", port=self.smtp_port)
-        self._smtp.start()
-        self.paths: list[str] = []
-        paths = self.paths
-
-        class Images(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                paths.append(urllib.parse.unquote(self.path))
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(PNG)))
-                self.end_headers()
-                self.wfile.write(PNG)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Images)
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
-        self.images = f"http://127.0.0.1:{self._http.server_address[1]}/"
+        self.mailbox = Mailbox().start()
+        self.smtp_port = self.mailbox.port
+        self._images = ImageServer()
+        self.paths = self._images.paths
+        self.images = self._images.url
 
     def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-        self._smtp.stop()
+        self._images.stop()
+        self.mailbox.stop()
 
 
 def copy_app(src: Path, dst: Path, replace: dict[str, str] | None = None) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,38 +88,41 @@ def test_more_pending_async_invocations_than_threads_do_not_wedge_the_runtime(
         invoker.close()
 
 
-def test_pending_high_work_never_refuses_a_low_async_invoke(tmp_path: Path) -> None:
+@pytest.fixture
+def blocked_invoker(tmp_path: Path) -> Iterator[Invoker]:
+    """An invoker whose asynchronous work blocks (and so stays pending) until the test ends."""
     invoker, runner, _monitor = _invoker(tmp_path)
-    high = Invocation("h", "f", "secret", "secret", time.time() + 30)
-    low = Invocation("l", "f", "public", "public", time.time() + 30)
     try:
-        # Fill the pending invocations at secret: each blocks until released.
-        for _ in range(invoker._max_pending_per_label):
-            invoker.invoke_async(high, "f", "block", "secret")
-        with pytest.raises(LimitExceeded, match="'secret'"):
-            invoker.invoke_async(high, "f", "block", "secret")
-        # A public caller is refused only by work public callers started: not when it starts
-        # work at secret either, which is where secret code filled the queue (review,
-        # session 6: the refusal reached the public caller, a bit about secret activity).
-        invoker.invoke_async(low, "f", "work", "public")
-        invoker.invoke_async(low, "f", "work", "secret")
+        yield invoker
     finally:
         runner.release.set()
         invoker.close()
 
 
-def test_the_async_quota_counts_callers_at_one_label(tmp_path: Path) -> None:
+HIGH = Invocation("h", "f", "secret", "secret", time.time() + 3600)
+LOW = Invocation("l", "f", "public", "public", time.time() + 3600)
+
+
+def test_pending_high_work_never_refuses_a_low_async_invoke(blocked_invoker: Invoker) -> None:
+    invoker = blocked_invoker
+    # Fill the pending invocations at secret: each blocks until released.
+    for _ in range(invoker._max_pending_per_label):
+        invoker.invoke_async(HIGH, "f", "block", "secret")
+    with pytest.raises(LimitExceeded, match="'secret'"):
+        invoker.invoke_async(HIGH, "f", "block", "secret")
+    # A public caller is refused only by work public callers started: not when it starts
+    # work at secret either, which is where secret code filled the queue (review,
+    # session 6: the refusal reached the public caller, a bit about secret activity).
+    invoker.invoke_async(LOW, "f", "work", "public")
+    invoker.invoke_async(LOW, "f", "work", "secret")
+
+
+def test_the_async_quota_counts_callers_at_one_label(blocked_invoker: Invoker) -> None:
     """The refusal a caller at L can get depends on what callers at L started, whatever the
     target label: here public callers fill their quota with work at secret."""
-    invoker, runner, _monitor = _invoker(tmp_path)
-    low = Invocation("l", "f", "public", "public", time.time() + 30)
-    high = Invocation("h", "f", "secret", "secret", time.time() + 30)
-    try:
-        for _ in range(invoker._max_pending_per_label):
-            invoker.invoke_async(low, "f", "block", "secret")
-        with pytest.raises(LimitExceeded, match="from callers at label 'public'"):
-            invoker.invoke_async(low, "f", "block", "public")
-        invoker.invoke_async(high, "f", "work", "secret")  # secret's own quota is untouched
-    finally:
-        runner.release.set()
-        invoker.close()
+    invoker = blocked_invoker
+    for _ in range(invoker._max_pending_per_label):
+        invoker.invoke_async(LOW, "f", "block", "secret")
+    with pytest.raises(LimitExceeded, match="from callers at label 'public'"):
+        invoker.invoke_async(LOW, "f", "block", "public")
+    invoker.invoke_async(HIGH, "f", "work", "secret")  # secret's own quota is untouched
