@@ -9,7 +9,8 @@ child only when none is waiting, and for an exit status only when it needs a cra
 Extras are asked for by demand, not by caller: no more extras are due than callers wait for a
 child; when callers are served by other children (the pool's replacements), the extras no
 longer needed are cancelled while the zygote has not forked them yet, and an extra that
-arrives when every waiting caller already has a child waiting is killed at once. So a burst
+arrives when every waiting caller already has a child waiting is killed at once (as is one
+left waiting when its caller drew a pool child instead: `_take_ready`). So a burst
 leaves the function with its `prefork` children, not with a child per request that found the
 pool empty (before this, 2,000 invocations from 16 threads left ~80 idle confined children).
 """
@@ -116,6 +117,7 @@ class _Child:
     log_fd: int
     pidfd: int
     pid: int | None
+    extra: bool = False  # forked for a waiting caller, not replaced when it exits
 
     def kill(self) -> None:
         try:
@@ -298,7 +300,8 @@ class Sandbox:
             msg = msgpack.unpackb(data, raw=False)
             if msg["t"] == "ready" and len(fds) == 3:
                 chan = socket.socket(fileno=fds[0])
-                child = _Child(msg["cid"], chan, fds[1], fds[2], msg.get("pid"))
+                child = _Child(msg["cid"], chan, fds[1], fds[2], msg.get("pid"),
+                               bool(msg.get("extra")))
                 if msg.get("extra"):
                     self._extras_due = max(0, self._extras_due - 1)
                     if len(self._ready) >= self._waiting:
@@ -350,6 +353,17 @@ class Sandbox:
         i = secrets.randbelow(len(self._ready))
         child = self._ready[i]
         del self._ready[i]
+        # An extra that arrived for a waiting caller may be left waiting when the draw gives
+        # that caller a pool child instead; kept, it would grow the pool past `prefork`
+        # (the zygote replaces the pool children, not the extra) until someone took it.
+        # Extras beyond what the other waiting callers need are killed now.
+        spare = sum(c.extra for c in self._ready) - max(0, self._waiting - 1)
+        if spare > 0:
+            for extra in [c for c in self._ready if c.extra][:spare]:
+                self._ready.remove(extra)
+                extra.kill()
+                extra.close()
+                self.surplus_killed += 1
         return child
 
     def _wait_for_child(self, deadline: float) -> _Child | None:
