@@ -64,28 +64,30 @@ def test_an_extra_left_waiting_is_not_kept_beyond_the_pool() -> None:
 
         def pump_until(n: int) -> None:
             end = time.monotonic() + 10
-            while len(sb._ready) < n and time.monotonic() < end:
-                sb._pump(0.05)
-            assert len(sb._ready) == n
+            with sb._ctrl_lock:
+                while len(sb._ready) < n and time.monotonic() < end:
+                    sb._pump(0.05)
+                assert len(sb._ready) == n
 
-        with sb._ctrl_lock:
-            pump_until(2)
-            for _ in range(20):
+        pump_until(2)
+        for _ in range(20):
+            with sb._ctrl_lock:
                 busy = [sb._take_ready() for _ in range(2)]  # both pool children taken
                 sb._waiting = 1  # a caller waits and asks for an extra
                 sb._send({"op": "spawn", "n": 1})
                 sb._extras_due += 1
-                pump_until(1)
-                assert sb._ready[0].extra
-                busy[0].kill()  # one pool child ends; its replacement comes after the extra
-                pump_until(2)
-                sb._take_ready()  # the waiting caller draws one of the two
-                sb._waiting = 0
-                assert not any(c.extra for c in sb._ready), "an extra was kept"
-                for child in busy[1:]:
-                    child.kill()
-                pump_until(2)
-                assert len(sb._ready) == 2
-                for child in busy:
-                    child.close()
+            pump_until(1)
+            assert sb._ready[0].extra
+            busy[0].kill()  # one pool child ends; its replacement comes after the extra
+            pump_until(2)
+            sb._waiting = 0
+            child = sb._take(time.monotonic() + 5)  # the waiting caller draws one of the two
+            assert child is not None
+            assert not any(c.extra for c in sb._ready), "an extra was kept"
+            busy.append(child)
+            for child in busy[1:]:
+                child.kill()
+            pump_until(2)
+            for child in busy:
+                child.close()
         assert not any(c.extra for c in sb._ready)

@@ -10,7 +10,7 @@ Extras are asked for by demand, not by caller: no more extras are due than calle
 child; when callers are served by other children (the pool's replacements), the extras no
 longer needed are cancelled while the zygote has not forked them yet, and an extra that
 arrives when every waiting caller already has a child waiting is killed at once (as is one
-left waiting when its caller drew a pool child instead: `_take_ready`). So a burst
+left waiting when its caller drew a pool child instead: `_kill_spare_extras`). So a burst
 leaves the function with its `prefork` children, not with a child per request that found the
 pool empty (before this, 2,000 invocations from 16 threads left ~80 idle confined children).
 """
@@ -336,6 +336,7 @@ class Sandbox:
         finally:
             with self._ctrl_lock:
                 self._waiting -= 1
+                self._kill_spare_extras()
                 surplus = self._extras_due - self._cancelling - self._waiting
                 if surplus > 0 and not self._closed and not self._zygote_dead:
                     # Served by another child: extras not forked yet are no longer needed.
@@ -353,18 +354,21 @@ class Sandbox:
         i = secrets.randbelow(len(self._ready))
         child = self._ready[i]
         del self._ready[i]
-        # An extra that arrived for a waiting caller may be left waiting when the draw gives
-        # that caller a pool child instead; kept, it would grow the pool past `prefork`
-        # (the zygote replaces the pool children, not the extra) until someone took it.
-        # Extras beyond what the other waiting callers need are killed now.
-        spare = sum(c.extra for c in self._ready) - max(0, self._waiting - 1)
+        return child
+
+    def _kill_spare_extras(self) -> None:
+        """An extra that arrived for a waiting caller is left waiting when the draw gives
+        that caller a pool child instead (or when the caller gave up). Kept, it would grow
+        the pool past `prefork` (the zygote replaces pool children, not extras) until
+        someone took it. Extras beyond the callers still waiting are killed. Holds
+        _ctrl_lock."""
+        spare = sum(c.extra for c in self._ready) - self._waiting
         if spare > 0:
             for extra in [c for c in self._ready if c.extra][:spare]:
                 self._ready.remove(extra)
                 extra.kill()
                 extra.close()
                 self.surplus_killed += 1
-        return child
 
     def _wait_for_child(self, deadline: float) -> _Child | None:
         while True:
