@@ -279,8 +279,14 @@ class Monitor:
         try:
             out = d.transform(payload, info)
         except Exception as e:  # the declassifier is trusted code, but may reject an output
+            # The refusal itself is the declassifier's declared decision, which the guest
+            # sees as well; why it refused was computed from data up to its max_label, and
+            # is recorded there only (review, session 7: at the invocation's label, the
+            # exception's class told a viewer there which way a top record was malformed).
+            self.audit.record("refused", inv, {"channel": channel, "declassifier": d.name})
             self.audit.record("refused", inv, {"channel": channel, "declassifier": d.name,
-                                               "reason": type(e).__name__})
+                                               "reason": type(e).__name__},
+                              label=d.max_label)
             raise FlowError(f"declassifier {d.name!r} refused the output to {channel!r}") from None
         self.audit.record("declassify", inv, {"channel": channel, "declassifier": d.name,
                                               "from": label or inv.label, "to": d.bound,

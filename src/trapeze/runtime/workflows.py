@@ -582,6 +582,20 @@ class WorkflowEngine:
                 raise _Stopped
             delay = min(delay * 2, REFUSED_RETRY_MAX_S)
 
+    @staticmethod
+    def _output(st: State, nxt: str | None, data: Any, result: Any, ctx: Any,
+                label: str) -> _Next | _Failed:
+        """The state's output from `result`, data at `label` (a task's, a join's or a
+        completion's, above the label the step started at). A path that matches nothing in
+        it fails the step at that label: caught in _run_frame, the failure was recorded at the
+        start label, and a task that raised could leave out a field to show an observer there
+        FAILED instead of RUNNING (review, session 7: tests/attacks/test_review_error_paths.py).
+        """
+        try:
+            return _Next(nxt, asl.apply_output(st, data, result, ctx), label)
+        except PathError as e:
+            return _Failed("States.Runtime", f"state {st.name!r}: {e}", label, False)
+
     def _task(self, st: State, nxt: str | None, data: Any, label: str,
               ctx: Any) -> _Next | _Failed:
         assert st.target is not None
@@ -597,7 +611,7 @@ class WorkflowEngine:
         final = self._final(label, r.label)
         timeout = st.timeout * self.time_scale if st.timeout else None
         if r.status == "ok" and (timeout is None or elapsed <= timeout):
-            return _Next(nxt, asl.apply_output(st, data, r.value, ctx), final)
+            return self._output(st, nxt, data, r.value, ctx, final)
         if r.status in ("ok", "timeout"):
             # Judged on the returned result, at the label it ended at: cutting it short at
             # the current label would make the timeout depend on whatever ran above it.
@@ -681,7 +695,7 @@ class WorkflowEngine:
         assert self.lattice.flows(token_label, label)
         ctx = self._context(ex, st, retries, token)
         if t["status"] == "succeeded":
-            return _Next(nxt, asl.apply_output(st, data, loads(t["output"]), ctx), label)
+            return self._output(st, nxt, data, loads(t["output"]), ctx, label)
         if t["status"] == "timedout":
             return _Failed("States.Timeout", f"task {st.name!r} was not completed in time",
                            label)
@@ -752,7 +766,7 @@ class WorkflowEngine:
         failed = [o for o in done if not o.ok]
         if failed:
             return _Failed(failed[0].error or "States.BranchFailed", failed[0].cause, joined)
-        return _Next(nxt, asl.apply_output(st, data, [o.output for o in done], ctx), joined)
+        return self._output(st, nxt, data, [o.output for o in done], ctx, joined)
 
     # ------------------------------------------------------------------ callbacks
     def complete_task(self, token: str, output: Any = None, error: Any = None, *,

@@ -615,11 +615,20 @@ class PostgresFacetedStore(FacetedStore):
         return f"PostgresFacetedStore({self.config.target!r}, schema={self.config.schema!r})"
 
     # -- label snapshot
-    def _load_labels(self) -> _Labels:
+    def _load_labels(self, conn: psycopg.Connection[Any] | None = None) -> _Labels:
         """Bring the snapshot up to date: read only the rows of facet_labels past it and
-        extend it with them (see _Labels). Returns the current snapshot."""
+        extend it with them (see _Labels). Returns the current snapshot.
+
+        A caller that holds a pooled connection passes it: taking a second one could wait
+        for a pool that has none left (held by writers in the same situation), and whether a
+        write then failed would depend on whether its key held a facet with a label new to
+        this process, a higher facet's existence (review, session 7). Read committed: the
+        query sees the label rows committed before it, inside a transaction too."""
         old = self._cache
-        with self._pool.conn() as conn:
+        if conn is None:
+            with self._pool.conn() as c:
+                rows = c.execute(self._sql["labels"], (old.n,)).fetchall()
+        else:
             rows = conn.execute(self._sql["labels"], (old.n,)).fetchall()
         with self._reload_lock:
             # Another thread may have extended it meanwhile, from an older or a newer read of
@@ -670,7 +679,7 @@ class PostgresFacetedStore(FacetedStore):
             # A row whose label id is beyond the map is undecided (see the module docstring).
             if all(r[lid_col] < len(m) for r in rows):
                 return rows
-            self._load_labels()
+            self._load_labels(conn)
         raise RuntimeError("label snapshot kept changing during a read")
 
     # -- reads
@@ -768,7 +777,7 @@ class PostgresFacetedStore(FacetedStore):
             ).fetchone()
             if row is not None and row[0] is not None:
                 return int(row[0])
-            self._load_labels()  # the key holds a label newer than our map
+            self._load_labels(conn)  # the key holds a label newer than our map
         raise RuntimeError("label snapshot kept changing during a write")
 
     def put_seq(
@@ -791,6 +800,9 @@ class PostgresFacetedStore(FacetedStore):
             if expect is not None:
                 encode_value(expect)
             want = canonical(expect)
+        # A label new to the store is interned now, on a connection of its own and before
+        # the write takes one (see _load_labels): the write itself never needs a second.
+        self._writer(label)
         if expect is MISSING:
             with self._pool.conn() as conn:
                 return self._put_in(conn, table, key, label, jvalue, bvalue)

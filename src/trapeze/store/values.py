@@ -20,7 +20,11 @@ from trapeze.errors import InvalidArgument
 # A JSON value (as Python builds it) or bytes. Recursive aliases are not worth the mypy noise.
 Value: TypeAlias = Any
 
-MAX_NAME_CHARS = 1024
+# In bytes of UTF-8, not characters: a table name and a key must fit together in one
+# PostgreSQL btree entry (at most 2704 bytes; index facets_key_seq), so that a name one
+# backend accepts is accepted by the other (review, session 7: 1024 four-byte characters were
+# stored by SQLite and an internal error on PostgreSQL).
+MAX_NAME_BYTES = 1024
 # Deep nesting would hit Python's recursion limit in json and in our own walk; no real
 # document needs this much, and a cap turns a crash into a clear error.
 MAX_DEPTH = 200
@@ -46,14 +50,20 @@ def check_name(what: str, name: object, *, allow_empty: bool) -> str:
         raise InvalidArgument(f"{what} must be a str, got {type(name).__name__}")
     if not name and not allow_empty:
         raise InvalidArgument(f"{what} must not be empty")
-    if len(name) > MAX_NAME_CHARS:
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        # A lone surrogate cannot be encoded as UTF-8, which is what both backends store;
+        # rejected up front instead of failing half-way through a statement.
         raise InvalidArgument(
-            f"{what} is too long: {len(name)} characters, at most {MAX_NAME_CHARS}"
+            f"{what} contains a lone surrogate (not valid Unicode text)"
+        ) from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidArgument(
+            f"{what} is too long: {size} bytes of UTF-8, at most {MAX_NAME_BYTES}"
         )
     if "\x00" in name:
         raise InvalidArgument(f"{what} must not contain NUL characters")
-    if _has_surrogate(name):
-        raise InvalidArgument(f"{what} contains a lone surrogate (not valid Unicode text)")
     return name
 
 
