@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,20 @@ def monitor() -> FakeMonitor:
 
 def pid_alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
+
+
+def wait_for_pool(sb: Sandbox, timeout: float = 30.0) -> None:
+    """Wait until the sandbox holds its whole pool of waiting children, taken in as the
+    zygote reports them: the replacement of the last invocation's child has been forked.
+    A fixed sleep was not enough on a loaded machine, and the next invocation then took
+    the one child left (or an extra forked for it) instead of drawing from the pool."""
+    end = time.monotonic() + timeout
+    while True:
+        with sb._ctrl_lock:
+            sb._pump(0.05)
+            ready = len(sb._ready)
+        if ready >= sb.spec.prefork:
+            return
+        assert time.monotonic() < end, (
+            f"the pool did not refill: {ready} of {sb.spec.prefork} children waiting "
+            f"after {timeout:g} s")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from attack_helpers import MOUNTED_IN_TMP, make_sandbox, pid_alive
+from attack_helpers import MOUNTED_IN_TMP, make_sandbox, pid_alive, wait_for_pool
 
 from fake_monitor import FakeMonitor
 from trapeze.sandbox import Sandbox
@@ -46,7 +46,10 @@ def test_unix_socket_path(sandbox: Sandbox, tmp_path: Path) -> None:
     # /run where the test may write there (as root); an ordinary user's own folder otherwise
     # (outside the child's view: if socket() were allowed, connect() would fail ENOENT, not
     # EPERM, and the test would still fail).
-    path = "/run/trapeze-test.sock" if os.geteuid() == 0 else str(tmp_path / "s.sock")
+    # The pid in the name: neither a session running beside this one nor a socket file left
+    # by a killed run (its finally never ran) makes the bind fail with EADDRINUSE.
+    path = (f"/run/trapeze-test-{os.getpid()}.sock" if os.geteuid() == 0
+            else str(tmp_path / "s.sock"))
     srv = socket.socket(socket.AF_UNIX)
     srv.bind(path)
     srv.listen()
@@ -58,11 +61,12 @@ def test_unix_socket_path(sandbox: Sandbox, tmp_path: Path) -> None:
 
 
 def test_unix_socket_abstract(sandbox: Sandbox) -> None:
+    name = f"trapeze-test-{os.getpid()}"  # abstract names are machine-wide (per netns)
     srv = socket.socket(socket.AF_UNIX)
-    srv.bind("\0trapeze-test")
+    srv.bind("\0" + name)
     srv.listen()
     try:
-        assert ok(sandbox, "unix_abstract", name="trapeze-test")["errno"] == EPERM
+        assert ok(sandbox, "unix_abstract", name=name)["errno"] == EPERM
     finally:
         srv.close()
 
@@ -177,19 +181,24 @@ def _live(pid: int) -> bool:
         return False
 
 
-def _waiting_siblings(sb: Sandbox) -> list[int]:
-    # Wait until only waiting children remain: the pool (at least `prefork` of them) and any
-    # extra child forked on demand by an earlier test that found none ready, which waits for
-    # an invocation like the others; earlier children killed and reaped.
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        children = _zygote_children(sb)
-        if len(children) >= sb.spec.prefork and all(_live(p) for p in children):
-            time.sleep(0.05)
-            if _zygote_children(sb) == children:
-                return children
-        time.sleep(0.02)
-    raise AssertionError(f"no stable set of waiting children: {_zygote_children(sb)}")
+def _waiting_siblings(sb: Sandbox, timeout: float = 30.0) -> list[int]:
+    """The zygote's children once they are exactly the children waiting in the sandbox:
+    its pool, taken in as the zygote reported them; earlier children killed and reaped.
+    An extra forked for an earlier invocation that was served by a pool child first is
+    alive until the sandbox reads its report and kills it as surplus: counted as a
+    sibling (a stable set of live children was enough before), the next invocation took
+    it in and killed it, and the test found a "sibling" gone. So the reports are taken
+    in here first, and only children the sandbox holds count."""
+    end = time.monotonic() + timeout
+    while True:
+        with sb._ctrl_lock:
+            sb._pump(0.05)
+            waiting = sorted(c.pid for c in sb._ready if c.pid is not None)
+        children = sorted(p for p in _zygote_children(sb) if _live(p))
+        if len(waiting) >= sb.spec.prefork and children == waiting:
+            return children
+        assert time.monotonic() < end, (
+            f"the zygote's children {children} are not the waiting ones {waiting}")
 
 
 def test_signals_to_zygote_monitor_and_siblings(sandbox: Sandbox) -> None:
@@ -259,7 +268,10 @@ def test_forged_frames_kill_the_child(sandbox: Sandbox, event: dict) -> None:
     _wait_gone(out.pid)
 
 
-def _wait_gone(pid: int, timeout: float = 2.0) -> None:
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    # Generous: the child was killed before run() returned; what is waited for is the
+    # kernel's exit and the zygote's reaping, slow on a loaded machine. A process that
+    # does outlive its invocation stays, and fails this whatever the timeout.
     end = time.monotonic() + timeout
     while pid_alive(pid) and time.monotonic() < end:
         time.sleep(0.01)
@@ -372,10 +384,10 @@ def test_reused_slot_gets_a_fresh_tmp() -> None:
     try:
         pids = set()
         for secret in ("S1", "S2"):
-            time.sleep(0.5)  # the replacement child is waiting: no extra child, no new slot
+            wait_for_pool(sb)  # the replacement child is waiting: no extra child
             first = sb.run({"attack": "leave_state", "secret": secret}, {}, FakeMonitor())
             assert first.status == "ok", first
-            time.sleep(0.5)
+            wait_for_pool(sb)
             out = sb.run({"attack": "look_for_state"}, {}, FakeMonitor())
             assert out.status == "ok" and sorted(out.value["tmp"]) == MOUNTED_IN_TMP, out
             pids |= {first.pid, out.pid}

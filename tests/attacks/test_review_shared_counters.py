@@ -26,11 +26,10 @@ advance."""
 from __future__ import annotations
 
 import errno
-import time
 from collections.abc import Iterator
 
 import pytest
-from attack_helpers import make_sandbox
+from attack_helpers import make_sandbox, wait_for_pool
 
 from fake_monitor import FakeMonitor
 from trapeze.sandbox import Sandbox
@@ -113,9 +112,11 @@ def test_which_waiting_child_serves_counts_nothing(sb: Sandbox) -> None:
     probability ~1e-6), where oldest-first never repeated."""
     seen = []
     for _ in range(40):
+        # The replacement of the last child is waiting before the next call, as when idle:
+        # with only one child waiting there would be nothing to draw from, and the numbers
+        # would alternate. (A fixed quarter second was not always enough on a loaded
+        # machine; then fewer than half the pairs can repeat and the bound fails.)
+        wait_for_pool(sb)
         seen.append(tuple(run(sb, attack="tmp_dev")))
-        # Let the replacement be forked before the next call, as when idle: with only one
-        # child waiting there would be nothing to draw from, and the numbers would alternate.
-        time.sleep(0.25)
     repeats = sum(a == b for a, b in zip(seen, seen[1:], strict=False))
     assert repeats >= 5, seen

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from attack_helpers import make_sandbox
+from attack_helpers import make_sandbox, wait_for_pool
 
 from fake_monitor import FakeMonitor
 from trapeze.sandbox import Sandbox
@@ -34,7 +34,7 @@ def test_the_next_child_cannot_read_its_predecessors_exit_status(sb: Sandbox) ->
     out = sb.run({"attack": "exit_with", "code": SECRET}, {}, FakeMonitor())
     # The monitor still tells why the high invocation failed (from its own pidfd)...
     assert out.status == "crash" and f"code {SECRET}" in (out.error or ""), out
-    time.sleep(0.3)  # the zygote has reaped it and forked the next child
+    wait_for_pool(sb)  # the zygote has reaped it and forked the next child
     # ...but the next child finds nothing of it in the zygote it was forked from.
     seen = sb.run({"attack": "zygote_frames", "status": str(SECRET << 8)}, {}, FakeMonitor())
     assert seen.status == "ok", seen

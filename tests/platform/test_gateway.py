@@ -157,8 +157,15 @@ def test_sync_and_async_invokes_carry_the_label(running: Any) -> None:
 
 def test_logs_and_audit_are_filtered_by_clearance(client: httpx.Client, running: Any,
                                                   tokens: dict[str, str]) -> None:
+    # A raise audited at admin (an entry is audited at the raised label), so that admin's
+    # audit has one whichever tests ran before: alone, this test found none (the raise to
+    # top below is audited at top).
+    running.invoke("raiser", {"to": "admin", "then": "return"}, as_label="public")
     running.invoke("raiser", {"to": "top", "then": "raise"}, as_label="public")
-    time.sleep(0.3)
+    # The replies came at the raises; the failure's log is recorded when the detached body
+    # ends. Waited for, not slept on: 0.3 s was not always enough on a loaded machine, and
+    # then only an earlier test's log (when it ran first) would have been found below.
+    assert running.wait_idle(30), "the detached bodies did not end"
     admin_audit = client.get("/_trapeze/audit", headers=bearer(tokens["admin"])).json()
     alice_audit = client.get("/_trapeze/audit", headers=bearer(tokens["alice"])).json()
     assert any(e["kind"] == "raise" for e in admin_audit)

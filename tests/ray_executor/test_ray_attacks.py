@@ -134,8 +134,9 @@ def test_the_node_an_invocation_lands_on_counts_nothing(ray_app: Any) -> None:
     could tell by its uid block, before children saw no uid) told how many invocations had
     run since the last one: a number a high function sets with invoke_async. Ties are now
     broken at random. One after the other on an idle cluster, in turn meant never the same
-    node twice in a row; at random, a third of the time (at least 5 of 59 fails with
-    probability ~1e-6). Which node ran each call is read from the executor's counts."""
+    node twice in a row; at random, a third of the time (fewer than 4 of 59, where in turn
+    gives none, with probability 1.8e-7; "at least 5" failed with 1.3e-6). Which node ran
+    each call is read from the executor's counts."""
     nodes = []
     for _ in range(60):
         before = ray_app._ray.executed_per_node()
@@ -146,4 +147,4 @@ def test_the_node_an_invocation_lands_on_counts_nothing(ray_app: Any) -> None:
         nodes.append(ran[0])
     assert len(set(nodes)) == 3, nodes
     repeats = sum(a == b for a, b in zip(nodes, nodes[1:], strict=False))
-    assert repeats >= 5, nodes
+    assert repeats >= 4, nodes

@@ -48,8 +48,14 @@ def test_a_burst_leaves_only_the_pool() -> None:
         for i in range(3):
             one(i)
             time.sleep(0.2)
-        assert _live_children(zygote) <= sb.spec.prefork + 1
         assert len(sb._ready) <= sb.spec.prefork
+        # A child killed a moment ago may not have exited yet on a loaded machine: waited
+        # for. Nothing here takes in the zygote's reports, so an extra kept, or forked and
+        # never cancelled, stays alive and still fails this.
+        end = time.monotonic() + 30
+        while _live_children(zygote) > sb.spec.prefork + 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _live_children(zygote) <= sb.spec.prefork + 1
 
 
 def test_an_extra_left_waiting_is_not_kept_beyond_the_pool() -> None:

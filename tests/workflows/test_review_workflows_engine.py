@@ -131,7 +131,14 @@ def _notifications_across_a_restart(db_url: str, lattice: Lattice, fake: Any,
               docs={"wf": ASK})
     e1.resume()
     arn = e1.start("wf", f"x{secret_bit}", {}, "public")["executionArn"]
-    time.sleep(0.4)  # notified; waiting for the token
+    # Stopped once the notification is recorded as done (its frame says so) and the token
+    # is waited for. A fixed 0.4 s was the whole margin: on a loaded machine the record
+    # could come later (the restart then notifies again), while past 0.9 s the token has
+    # timed out and the execution ended before the restart.
+    deadline = time.monotonic() + 30
+    while not ((db1.frame(arn, "") or {}).get("retries") or {}).get("_notified"):
+        assert time.monotonic() < deadline, "the notification was never recorded"
+        time.sleep(0.005)
     e1.stop(5)
     db1.close()  # an ordinary restart
     db2 = EngineDB.open(db_url)
@@ -303,7 +310,10 @@ def test_a_normal_shutdown_fails_nothing(tmp_path: Path) -> None:
     rt = app.start(store=url, http=False)
     busy = threading.Thread(target=lambda: rt.invoke("slow", {}, as_label="public"))
     busy.start()  # in flight, so that the drain takes a few seconds
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30  # admitted (a fixed 0.5 s before): close() drains it
+    while not (rt.invoker is not None and rt.invoker.busy()):
+        assert time.monotonic() < deadline, "the slow invocation was never admitted"
+        time.sleep(0.01)
     assert rt.engines is not None
     rt.engines.workflows.start("wf", "job1", {}, "public")  # its Task comes due in 1 s
     rt.close()

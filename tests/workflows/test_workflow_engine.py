@@ -236,7 +236,7 @@ IDEMPOTENT = {
     "StartAt": "One",
     "States": {
         "One": task("effect", "Nap", Parameters={"step": "one"}),
-        "Nap": {"Type": "Wait", "Seconds": 20, "Next": "Two"},
+        "Nap": {"Type": "Wait", "Seconds": 100, "Next": "Two"},  # 1 s scaled
         "Two": task("effect", "Three", Parameters={"step": "two"}),
         "Three": task("effect", None, Parameters={"step": "three"}),
     },
@@ -255,11 +255,16 @@ def test_restart_mid_workflow_resumes_once_per_step(db_url: str, lattice: Lattic
             release.wait(5)  # the process "dies" while step two runs
         return event["step"]
 
-    # First life: dies during the Wait (0.2 s scaled) — resumed with the time left.
+    # First life: dies during the Wait — resumed with the time left. Stopped once the Wait
+    # is recorded (step one's result with it), not after a fixed 0.05 s: on a loaded machine
+    # step one had not run by then, or the Wait (0.2 s then) was over and step two ran.
     db1 = EngineDB.open(db_url)
     eng1 = make(db1, lattice, fake({"effect": effect}), wf=IDEMPOTENT)
     arn = eng1.start("wf", "order-1", {}, "public")["executionArn"]
-    time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while not any(e["type"] == "WaitStarted" for e in eng1.describe(arn, "public")["history"]):
+        assert time.monotonic() < deadline, "the execution never reached its Wait"
+        time.sleep(0.005)
     eng1.stop()
     db1.close()
     assert effects == {"one": 1}
@@ -405,20 +410,26 @@ def test_activity_task_completed_at_its_label(db: Any, lattice: Lattice, fake: A
     assert d["status"] == "SUCCEEDED" and d["output"] == {"id": 7, "photo": {"url": "x"}}
 
 
-def test_callback_task_timeout_and_failure(db: Any, lattice: Lattice, fake: Any) -> None:
-    seen: list[str] = []
-    doc = {"StartAt": "Ask", "States": {
-        "Ask": {"Type": "Task", "Resource": "notify.waitForTaskToken", "TimeoutSeconds": 10,
-                "Next": "Done",
+def _ask(timeout_s: int) -> dict[str, Any]:
+    return {"StartAt": "Ask", "States": {
+        "Ask": {"Type": "Task", "Resource": "notify.waitForTaskToken",
+                "TimeoutSeconds": timeout_s, "Next": "Done",
                 "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.err",
                            "Next": "Done"}]},
         "Done": {"Type": "Pass", "End": True}}}
 
+
+def test_callback_task_timeout_and_failure(db: Any, lattice: Lattice, fake: Any) -> None:
+    seen: list[str] = []
+
     def notify(event: Any, ctx: Any) -> None:
         seen.append(event["TaskToken"])
 
-    eng = make(db, lattice, fake({"notify": notify}), wf=doc)
-    timed_out = run(eng, "wf", {"n": 1}, name="t")  # nobody completes: 0.1 s scaled
+    # The failure is completed by this thread after it saw the token: under the 0.1 s
+    # timeout of the first workflow it could time out first on a loaded machine, so the
+    # second one waits up to 30 s (scaled) for it.
+    eng = make(db, lattice, fake({"notify": notify}), quick=_ask(10), wf=_ask(3000))
+    timed_out = run(eng, "quick", {"n": 1}, name="t")  # nobody completes: 0.1 s scaled
     assert eng.describe(timed_out, "public")["output"]["err"]["Error"] == "States.Timeout"
     arn = eng.start("wf", "f", {"n": 2}, "public")["executionArn"]
     deadline = time.monotonic() + 5

@@ -35,7 +35,9 @@ SHARED = {
     "StartAt": "One",
     "States": {
         "One": task("effect", "Nap", Parameters={"step": "one", "exec.$": "$$.Execution.Name"}),
-        "Nap": {"Type": "Wait", "Seconds": 60, "Next": "Two"},  # 0.6 s scaled
+        # 2 s scaled: engine A must stop while all of its executions wait here, and the six
+        # reach their Waits up to 0.3 s apart on a loaded machine (0.6 s was the margin).
+        "Nap": {"Type": "Wait", "Seconds": 200, "Next": "Two"},
         "Two": task("effect", "Approve", Parameters={"step": "two",
                                                      "exec.$": "$$.Execution.Name"}),
         "Approve": {"Type": "Task", "Resource": "activity:approve", "TimeoutSeconds": 3000,
