@@ -142,6 +142,7 @@ class Monitor:
         self._by_channel: dict[str, list[Declassifier]] = {}
         for d in self.declassifiers.values():
             self._by_channel.setdefault(d.channel, []).append(d)
+        self._declassifiable: dict[str, bool] = {}  # response_declassifiable, per label
         # One table lookup per op on the hot path instead of a chain of ifs.
         self._ops: dict[str, Callable[[Invocation, Mapping[str, Any]], Any]] = {
             "kv.get": self._kv_get,
@@ -241,6 +242,17 @@ class Monitor:
 
     def _label_raise(self, inv: Invocation, args: Mapping[str, Any]) -> str:
         return self.raise_label(inv, args.get("label"))  # type: ignore[arg-type]
+
+    def response_declassifiable(self, label: str) -> bool:
+        """Whether a response declassifier may release the reply of an invocation that
+        answers to `label` after raising above it (bound below `label`, max_label above).
+        Depends only on the manifest and `label`; cached per label."""
+        known = self._declassifiable.get(label)
+        if known is None:
+            known = self._declassifiable[label] = any(
+                self.lattice.flows(d.bound, label) and self.lattice.flows(label, d.max_label)
+                for d in self._by_channel.get("response", ()))
+        return known
 
     def response_declassifier(self, inv: Invocation) -> Declassifier | None:
         return self._declassifier_for(inv, "response", inv.response_bound)
