@@ -32,6 +32,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 # framing ones could smuggle a second request past the front end. Proxy-* are refused too.
 _REFUSED_HEADERS = frozenset({"host", "transfer-encoding", "content-length", "connection",
                               "keep-alive", "te", "upgrade", "trailer"})
+# Response headers about the connection rather than the resource, never passed to a guest.
+_CONNECTION_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # What str.splitlines() breaks on (Python's email package refuses all of them in a header),
 # and NUL.
@@ -87,9 +89,18 @@ class HttpEgress:
         # client is shared by requests at every label, so a cookie kept from one response would
         # carry what a high-label request sent into later lower-label ones. A guest that needs
         # a cookie sends its own Cookie header with each request.
+        # Nor does it keep connections alive: a connection kept from a high-label request
+        # and reused by a lower one carried what the high one did on it, through anything
+        # the server says of the connection (Keep-Alive's remaining requests count), and
+        # through whether it was still there at all (a high request that overran
+        # max_response_bytes closed it, and the low one's source port changed). Review,
+        # session 7: tests/attacks/test_review_limits_counters.py. One connection per
+        # request costs a TCP handshake; per-label pools would need an eviction that high
+        # activity could steer.
         self._client = httpx.Client(
             follow_redirects=False, timeout=spec.timeout, trust_env=False,
             cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
 
     def send(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -128,7 +139,9 @@ class HttpEgress:
                     chunks.append(chunk)
                 return {
                     "status": response.status_code,
-                    "headers": dict(response.headers),
+                    # Not the connection's own headers (hop-by-hop, RFC 9110 §7.6.1).
+                    "headers": {k: v for k, v in response.headers.items()
+                                if k.lower() not in _CONNECTION_HEADERS},
                     "body": b"".join(chunks),
                 }
         except httpx.TimeoutException:
