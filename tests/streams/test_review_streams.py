@@ -74,13 +74,16 @@ timeout = 5
 handler = "functions/f.py:spy"
 timeout = 5
 
+[functions.lower]
+handler = "functions/f.py:lower"
+timeout = 5
+
 [streams.events]
 consumers = []
 """
 
 FUNCTIONS_F1 = """\
-from trapeze.guest import streams
-from trapeze.guest._runtime import call
+from trapeze.guest import FlowError, streams
 
 
 def producer(event, context):
@@ -90,8 +93,15 @@ def producer(event, context):
 def spy(event, context):
     # At public, appends at the higher label alice (allowed: "or a higher one the caller
     # names") and returns the reply to its public caller.
-    return call("streams.put", {"stream": "events", "record": {"x": 0},
-                                "partition_key": "k", "label": "alice"})
+    return streams.put("events", {"x": 0}, partition_key="k", label="alice")
+
+
+def lower(event, context):
+    try:
+        streams.put("events", {"x": 0}, partition_key="k", label="public")
+    except FlowError as e:
+        return f"FlowError: {e}"
+    return "put below the current label"
 """
 
 
@@ -114,9 +124,12 @@ def test_a_guest_put_above_its_label_learns_no_count(tmp_path: Path) -> None:
             assert rt.invoke("producer", {"secret": i}, as_label="alice").status == "ok"
         after = rt.invoke("spy", {}, as_label="public")
         own = rt.invoke("producer", {"i": 0}, as_label="public")
+        lower = rt.invoke("lower", {}, as_label="alice")
     assert before.status == after.status == "ok", (before, after)
     assert before.value == after.value == {"sequence": "hidden/alice", "partition": "k"}
     assert own.value == {"sequence": "000000000001/public", "partition": "k"}
+    assert lower.status == "ok" and str(lower.value).startswith(
+        "FlowError: cannot start work at 'public'"), lower
 
 
 # ---------------------------------------------------------------------------------- F3
