@@ -85,6 +85,7 @@ def test_guest_api_and_errors(sandbox: Sandbox, caplog: pytest.LogCaptureFixture
     assert out["internal"] == ["TrapezeError", "internal error"]
     assert "secret internal detail" in caplog.text
     assert out["label"] == "client:alice" and out["fn"] == "ordinary" and out["remaining"]
+    assert out["arn"] == "arn:trapeze:function:ordinary"
     assert out["env"] == {"STAGE": "test"}  # exactly the manifest's variables
 
 

@@ -12,7 +12,10 @@ class Context:
         self.request_id: str = str(data.get("request_id", ""))
         self.aws_request_id = self.request_id
         self.deadline: float = float(data.get("deadline", time.time() + 3600))
-        self.invoked_function_arn: str = str(data.get("invoked_function_arn", ""))
+        # Lambda code logs it or splits it for the function's name; an ARN-shaped name of
+        # the function (no account or region: there are none) keeps such code working.
+        self.invoked_function_arn: str = str(
+            data.get("invoked_function_arn") or f"arn:trapeze:function:{self.function_name}")
         self.memory_limit_in_mb = data.get("memory_limit_in_mb")
         self._label = data.get("label")
         self._raw = dict(data)

@@ -79,7 +79,8 @@ def guest_api(event, context):
     except TrapezeError as exc:
         internal = (type(exc).__name__, str(exc))
     return {"got": got, "flow": flow, "internal": internal, "label": context.label,
-            "fn": context.function_name, "remaining": context.get_remaining_time_in_millis() > 0,
+            "fn": context.function_name, "arn": context.invoked_function_arn,
+            "remaining": context.get_remaining_time_in_millis() > 0,
             "env": dict(os.environ)}
 
 
