@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from trapeze.errors import FlowError, InvalidArgument, NotFound
+from trapeze.errors import ChannelError, FlowError, InvalidArgument, NotFound
 from trapeze.labels import Lattice, UnknownLabelError
 from trapeze.monitor.audit import AuditSink
 from trapeze.monitor.invocation import Invocation
@@ -84,6 +85,38 @@ class Dispatcher(Protocol):
         self, parent: Invocation, workflow: str, name: str | None, event: Any, label: str
     ) -> Any: ...
     def task_complete(self, parent: Invocation, token: str, output: Any, error: Any) -> Any: ...
+
+
+def _send_by_deadline(inv: Invocation, channel: Channel, payload: Any) -> Any:
+    """`channel.send(payload)`, given up at the invocation's deadline (ChannelError).
+
+    The sandbox enforces the deadline between the guest's calls, not during one the monitor
+    serves, and a channel's own timeout bounds each socket operation, not the exchange. A
+    callee covered by a response declassifier that entered a slow exchange just before its
+    deadline (chosen on data above its caller) so outlived its caller's deadline, and the
+    caller timed out instead of getting what the declassifier decides (review, session 7:
+    tests/platform/test_review_declassifier_paths.py). The send runs in a thread of its own
+    so that it can be left behind; one at most per invocation is (the call that reaches the
+    deadline is its last), and the channel's timeout ends it.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def send() -> None:
+        try:
+            box["value"] = channel.send(payload)
+        except BaseException as e:  # re-raised in the invocation's thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=send, name=f"trapeze-send-{channel.name}", daemon=True).start()
+    if not done.wait(inv.remaining_s()):
+        raise ChannelError(
+            f"channel {channel.name!r} did not answer before the invocation's deadline")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _str(args: Mapping[str, Any], name: str, *, optional: bool = False) -> str | None:
@@ -329,7 +362,7 @@ class Monitor:
         message = args.get("message")
         if not isinstance(message, Mapping):
             raise InvalidArgument("channel.send needs a message map")
-        return channel.send(self.check_output(inv, channel, message))
+        return _send_by_deadline(inv, channel, self.check_output(inv, channel, message))
 
     def _http_request(self, inv: Invocation, args: Mapping[str, Any]) -> Any:
         url = _str(args, "url")
@@ -343,7 +376,7 @@ class Monitor:
             self.audit.record("refused", inv, {"op": "http.request", "reason": "no channel"})
             raise FlowError(f"no HTTP channel in the manifest allows {url!r}")
         request = {k: args.get(k) for k in ("method", "url", "headers", "body", "timeout")}
-        return channel.send(self.check_output(inv, channel, request))
+        return _send_by_deadline(inv, channel, self.check_output(inv, channel, request))
 
     # ------------------------------------------------------------------ invocations
     def _target_label(self, inv: Invocation, args: Mapping[str, Any]) -> str:
