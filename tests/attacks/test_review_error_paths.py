@@ -246,7 +246,7 @@ class _RecordingChannel:
     def __init__(self, name: str, bound: str) -> None:
         self.name, self.bound, self.sent = name, bound, []
 
-    def send(self, message: Any) -> dict[str, Any]:
+    def send(self, message: Any, *, within: float | None = None) -> dict[str, Any]:
         self.sent.append(message)
         return {"sent": 1}
 

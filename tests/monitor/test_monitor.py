@@ -28,7 +28,7 @@ class RecordingChannel:
         self.bound = bound
         self.sent: list[Any] = []
 
-    def send(self, message: Any) -> dict[str, Any]:
+    def send(self, message: Any, *, within: float | None = None) -> dict[str, Any]:
         self.sent.append(message)
         return {"sent": 1}
 

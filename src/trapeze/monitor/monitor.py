@@ -55,7 +55,7 @@ class Channel(Protocol):
     kind: str
     bound: str
 
-    def send(self, message: Mapping[str, Any]) -> Any: ...
+    def send(self, message: Mapping[str, Any], *, within: float | None = None) -> Any: ...
 
 
 class HttpChannel(Channel, Protocol):
@@ -97,21 +97,24 @@ def _send_by_deadline(inv: Invocation, channel: Channel, payload: Any) -> Any:
     caller timed out instead of getting what the declassifier decides (review, session 7:
     tests/platform/test_review_declassifier_paths.py). The send runs in a thread of its own
     so that it can be left behind; one at most per invocation is (the call that reaches the
-    deadline is its last), and the channel's timeout ends it.
+    deadline is its last), and it is told the time left (`within`), which the channel
+    bounds the whole exchange by (HTTP) or each socket operation (SMTP), so that a server
+    cannot keep it running for long (tests/attacks/test_review_fixes_s7b.py).
     """
+    left = inv.remaining_s()
     box: dict[str, Any] = {}
     done = threading.Event()
 
     def send() -> None:
         try:
-            box["value"] = channel.send(payload)
+            box["value"] = channel.send(payload, within=left)
         except BaseException as e:  # re-raised in the invocation's thread
             box["error"] = e
         finally:
             done.set()
 
     threading.Thread(target=send, name=f"trapeze-send-{channel.name}", daemon=True).start()
-    if not done.wait(inv.remaining_s()):
+    if not done.wait(left):
         raise ChannelError(
             f"channel {channel.name!r} did not answer before the invocation's deadline")
     if "error" in box:
