@@ -128,6 +128,13 @@ def converse(
         nonlocal out
         try:
             for raw in reader.feed(data):
+                if time.monotonic() >= deadline:
+                    # Nothing is served past the deadline, however many frames the child
+                    # wrote at once: a burst of pipelined calls, read and answered in one go,
+                    # kept a body (and its admission, and a covered callee's caller) running
+                    # for as long as the child liked (review, session 7:
+                    # tests/attacks/test_review_left_behind.py).
+                    return Exchange("timeout")
                 msg = wire.check_child_message(raw)
                 if msg["t"] == "result":
                     if msg["ok"]:
