@@ -52,6 +52,7 @@ from typing import Any
 
 import pytest
 
+from app_files import write_app
 from trapeze.labels import Lattice
 from trapeze.policy.specs import WorkflowSpec
 from trapeze.runtime.workflows import WorkflowEngine
@@ -499,13 +500,7 @@ def _d1_world(tmp_path: Path, bit: int) -> tuple[str, Any]:
     from trapeze import App
 
     root = tmp_path / f"d1-{bit}"
-    app = root / "app"
-    (app / "functions").mkdir(parents=True)
-    (app / "trapeze.toml").write_text(D1_MANIFEST)
-    (app / "policy.py").write_text(D1_POLICY)
-    (app / "functions" / "f.py").write_text(D1_FUNCTIONS)
-    for p in (root, app, app / "functions"):
-        p.chmod(0o755)
+    app = write_app(root / "app", D1_MANIFEST, {"f.py": D1_FUNCTIONS}, D1_POLICY, top=tmp_path)
     with App.load(app).start(store=f"sqlite:///{root / 'app.db'}") as rt:
         assert rt.invoke("seed", {"bit": bit}, as_label="admin").status == "ok"
         r = rt.invoke("outer", {}, as_label="public")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from app_files import write_app
 from trapeze.runtime.invoker import MAX_DEPTH
 
 CHAIN_MANIFEST = """\
@@ -73,16 +74,10 @@ def test_a_chain_of_max_depth_quick_invokes_with_1s_timeouts_still_works(
     bottom, less the chain's own work)."""
     from trapeze import App
 
-    app = tmp_path / "app"
-    (app / "functions").mkdir(parents=True)
     manifest = CHAIN_MANIFEST + COVERED if covered else CHAIN_MANIFEST
     if covered:
         manifest = manifest.replace('name = "chain"\n', 'name = "chain"\npolicy = "policy.py"\n')
-    (app / "trapeze.toml").write_text(manifest)
-    (app / "policy.py").write_text(POLICY)
-    (app / "functions" / "f.py").write_text(CHAIN_CODE)
-    for p in (tmp_path, app, app / "functions"):
-        p.chmod(0o755)
+    app = write_app(tmp_path / "app", manifest, {"f.py": CHAIN_CODE}, POLICY, top=tmp_path)
     with App.load(app).start(store=f"sqlite:///{tmp_path / 'chain.db'}") as rt:
         r = rt.invoke("hop", {"n": MAX_DEPTH})
     assert r.status == "ok", (

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from app_files import write_app
 from trapeze import App
 
 HIGH_TIMEOUT_S = 1.0
@@ -91,12 +92,7 @@ def low(event, context):
 
 @pytest.fixture()
 def app_dir(tmp_path: Path) -> Path:
-    app = tmp_path / "app"
-    (app / "functions").mkdir(parents=True)
-    (app / "trapeze.toml").write_text(MANIFEST)
-    (app / "functions" / "f.py").write_text(FUNCTIONS)
-    for p in [tmp_path, app, app / "functions"]:
-        p.chmod(0o755)
+    app = write_app(tmp_path / "app", MANIFEST, {"f.py": FUNCTIONS}, top=tmp_path)
     (app / "trapeze.toml").chmod(0o644)
     (app / "functions" / "f.py").chmod(0o644)
     return app
@@ -220,13 +216,8 @@ def inner(event, context):
 
 
 def _declassified_world(tmp_path: Path, bit: int) -> dict[str, Any]:
-    app = tmp_path / f"d{bit}"
-    (app / "functions").mkdir(parents=True)
-    (app / "trapeze.toml").write_text(DECL_MANIFEST)
-    (app / "policy.py").write_text(DECL_POLICY)
-    (app / "functions" / "d.py").write_text(DECL_FUNCTIONS)
-    for p in [tmp_path, app, app / "functions"]:
-        p.chmod(0o755)
+    app = write_app(tmp_path / f"d{bit}", DECL_MANIFEST, {"d.py": DECL_FUNCTIONS}, DECL_POLICY,
+                    top=tmp_path)
     for f in [app / "trapeze.toml", app / "policy.py", app / "functions" / "d.py"]:
         f.chmod(0o644)
     with App.load(app).start(store=f"sqlite:///{tmp_path / f'd{bit}.db'}") as rt:
@@ -316,12 +307,7 @@ def nasty(event, context):
 
 @pytest.fixture()
 def sound_app(tmp_path: Path) -> Path:
-    app = tmp_path / "sapp"
-    (app / "functions").mkdir(parents=True)
-    (app / "trapeze.toml").write_text(SOUND_MANIFEST)
-    (app / "functions" / "g.py").write_text(SOUND_FUNCTIONS)
-    for p in [tmp_path, app, app / "functions"]:
-        p.chmod(0o755)
+    app = write_app(tmp_path / "sapp", SOUND_MANIFEST, {"g.py": SOUND_FUNCTIONS}, top=tmp_path)
     (app / "trapeze.toml").chmod(0o644)
     (app / "functions" / "g.py").chmod(0o644)
     return app
@@ -432,12 +418,9 @@ def partner() -> Any:
 
 
 def _egress_world(tmp_path: Path, port: int, slow: bool) -> dict[str, Any]:
-    app = tmp_path / ("slow" if slow else "quick")
-    (app / "functions").mkdir(parents=True)
-    (app / "trapeze.toml").write_text(EGRESS_MANIFEST.replace("{port}", str(port)))
-    (app / "functions" / "h.py").write_text(EGRESS_FUNCTIONS)
-    for p in [tmp_path, app, app / "functions"]:
-        p.chmod(0o755)
+    app = write_app(tmp_path / ("slow" if slow else "quick"),
+                    EGRESS_MANIFEST.replace("{port}", str(port)), {"h.py": EGRESS_FUNCTIONS},
+                    top=tmp_path)
     (app / "trapeze.toml").chmod(0o644)
     (app / "functions" / "h.py").chmod(0o644)
     base = f"http://127.0.0.1:{port}"

@@ -45,6 +45,7 @@ from typing import Any
 
 import pytest
 
+from app_files import write_app
 from trapeze import App
 
 MANIFEST = """\
@@ -209,15 +210,10 @@ def partner() -> Iterator[str]:
 
 
 def _world(root: Path, base: str, smtp_port: int, bit: int) -> dict[str, Any]:
-    app = root / "app"
-    (app / "functions").mkdir(parents=True)
     port = base.rsplit(":", 1)[1]
-    (app / "trapeze.toml").write_text(
-        MANIFEST.replace("{port}", port).replace("{smtp_port}", str(smtp_port)))
-    (app / "policy.py").write_text(POLICY)
-    (app / "functions" / "f.py").write_text(FUNCTIONS)
-    for p in (root, app, app / "functions"):
-        p.chmod(0o755)
+    app = write_app(root / "app",
+                    MANIFEST.replace("{port}", port).replace("{smtp_port}", str(smtp_port)),
+                    {"f.py": FUNCTIONS}, POLICY, top=root)
     seen: dict[str, Any] = {}
     with App.load(app).start(store=f"sqlite:///{root / 'app.db'}") as rt:
         assert rt.invoke("seed", {"bit": bit}, as_label="admin").status == "ok"
