@@ -52,7 +52,7 @@ from typing import Any
 
 import pytest
 
-from app_files import write_app
+from declassified_callee import write_callee_app
 from trapeze.labels import Lattice
 from trapeze.policy.specs import WorkflowSpec
 from trapeze.runtime.workflows import WorkflowEngine
@@ -436,55 +436,8 @@ def test_s1_store_replies_and_errors_at_public_ignore_higher_facets(
 # through it, for top-level invocations). The callee's deadline is its caller's, so a callee
 # that runs until its deadline (a decision taken above the caller, on admin data) takes the
 # caller with it: the caller times out instead of getting the declassified constant.
-D1_MANIFEST = """\
-[app]
-name = "declassified-callee"
-policy = "policy.py"
-
-[labels]
-bottom = ["public"]
-public = ["admin"]
-admin = ["top"]
-
-[functions.outer]
-handler = "functions/f.py:outer"
-timeout = 2
-
-[functions.inner]
-handler = "functions/f.py:inner"
-timeout = 2
-
-[functions.seed]
-handler = "functions/f.py:seed"
-timeout = 5
-
-[declassifiers.ack]
-channel = "response"
-function = "constant_ack"
-max_label = "admin"
-bound = "bottom"
-"""
-
-D1_POLICY = """\
-def constant_ack(value, info):
-    return {"ack": True}  # releases nothing of the value, nor of how the callee ended
-"""
-
-D1_FUNCTIONS = """\
-from trapeze.guest import functions, kv, label
-
-
-def seed(event, context):
-    kv.put("vault", "bit", event["bit"])
-    return "seeded"
-
-
-def outer(event, context):
-    try:
-        got = functions.invoke("inner", {})
-    except Exception as e:
-        got = f"{type(e).__name__}"
-    return {"inner": got}
+D1_INNER = """\
+from trapeze.guest import kv, label
 
 
 def inner(event, context):
@@ -500,7 +453,7 @@ def _d1_world(tmp_path: Path, bit: int) -> tuple[str, Any]:
     from trapeze import App
 
     root = tmp_path / f"d1-{bit}"
-    app = write_app(root / "app", D1_MANIFEST, {"f.py": D1_FUNCTIONS}, D1_POLICY, top=tmp_path)
+    app = write_callee_app(root / "app", D1_INNER, top=tmp_path)
     with App.load(app).start(store=f"sqlite:///{root / 'app.db'}") as rt:
         assert rt.invoke("seed", {"bit": bit}, as_label="admin").status == "ok"
         r = rt.invoke("outer", {}, as_label="public")

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from app_files import write_app
+from declassified_callee import write_callee_app
 from trapeze import App
 
 HIGH_TIMEOUT_S = 1.0
@@ -142,61 +143,14 @@ def test_pipelined_calls_keep_a_high_body_running_past_its_deadline(
         f"was 0, {b} when it was 1")
 
 
-DECL_MANIFEST = """
-[app]
-name = "left-behind-declassified"
-policy = "policy.py"
-
-[labels]
-bottom = ["public"]
-public = ["admin"]
-admin = ["top"]
-
-[functions.outer]
-handler = "functions/d.py:outer"
-timeout = 2
-
-[functions.inner]
-handler = "functions/d.py:inner"
-timeout = 2
-
-[functions.seed]
-handler = "functions/d.py:seed"
-timeout = 5
-
-[declassifiers.ack]
-channel = "response"
-function = "constant_ack"
-max_label = "admin"
-bound = "bottom"
-"""
-
-DECL_POLICY = """\
-def constant_ack(value, info):
-    return {"ack": True}  # releases nothing of the value, nor of how the callee ended
-"""
-
-DECL_FUNCTIONS = '''
+DECL_INNER = '''
 import os
 import struct
 import time
 
 import msgpack
 
-from trapeze.guest import functions, kv, label
-
-
-def seed(event, context):
-    kv.put("vault", "bit", event["bit"])
-    return "seeded"
-
-
-def outer(event, context):
-    try:
-        got = functions.invoke("inner", event)
-    except Exception as e:
-        got = type(e).__name__
-    return {"inner": got}
+from trapeze.guest import kv, label
 
 
 def inner(event, context):
@@ -216,10 +170,7 @@ def inner(event, context):
 
 
 def _declassified_world(tmp_path: Path, bit: int) -> dict[str, Any]:
-    app = write_app(tmp_path / f"d{bit}", DECL_MANIFEST, {"d.py": DECL_FUNCTIONS}, DECL_POLICY,
-                    top=tmp_path)
-    for f in [app / "trapeze.toml", app / "policy.py", app / "functions" / "d.py"]:
-        f.chmod(0o644)
+    app = write_callee_app(tmp_path / f"d{bit}", DECL_INNER, top=tmp_path)
     with App.load(app).start(store=f"sqlite:///{tmp_path / f'd{bit}.db'}") as rt:
         assert rt.invoke("seed", {"bit": bit}, as_label="admin").status == "ok"
         r = rt.invoke("outer", {"n": 120_000}, as_label="public")

@@ -45,19 +45,10 @@ from typing import Any
 
 import pytest
 
-from app_files import write_app
+from declassified_callee import write_callee_app
 from trapeze import App
 
-MANIFEST = """\
-[app]
-name = "declassifier-paths"
-policy = "policy.py"
-
-[labels]
-bottom = ["public"]
-public = ["admin"]
-admin = ["top"]
-
+CHANNELS = """
 # A partner API that may receive data up to admin (as in test_review_egress.py).
 [channels.partner]
 kind = "http"
@@ -73,49 +64,13 @@ host = "127.0.0.1"
 port = {smtp_port}
 sender = "app@example.com"
 timeout = 1.5
-
-[functions.outer]
-handler = "functions/f.py:outer"
-timeout = 2
-
-[functions.inner]
-handler = "functions/f.py:inner"
-timeout = 2
-
-[functions.seed]
-handler = "functions/f.py:seed"
-timeout = 5
-
-[declassifiers.ack]
-channel = "response"
-function = "constant_ack"
-max_label = "admin"
-bound = "bottom"
 """
 
-POLICY = """\
-def constant_ack(value, info):
-    return {"ack": True}  # releases nothing of the value, nor of how the callee ended
-"""
-
-FUNCTIONS = """\
+INNER = """\
 import os
 import time
 
-from trapeze.guest import channels, functions, http, kv, label
-
-
-def seed(event, context):
-    kv.put("vault", "bit", event["bit"])
-    return "seeded"
-
-
-def outer(event, context):
-    try:
-        got = functions.invoke("inner", event)
-    except Exception as e:
-        got = type(e).__name__
-    return {"inner": got}
+from trapeze.guest import channels, http, kv, label
 
 
 def inner(event, context):
@@ -211,9 +166,9 @@ def partner() -> Iterator[str]:
 
 def _world(root: Path, base: str, smtp_port: int, bit: int) -> dict[str, Any]:
     port = base.rsplit(":", 1)[1]
-    app = write_app(root / "app",
-                    MANIFEST.replace("{port}", port).replace("{smtp_port}", str(smtp_port)),
-                    {"f.py": FUNCTIONS}, POLICY, top=root)
+    app = write_callee_app(
+        root / "app", INNER, top=root,
+        channels=CHANNELS.replace("{port}", port).replace("{smtp_port}", str(smtp_port)))
     seen: dict[str, Any] = {}
     with App.load(app).start(store=f"sqlite:///{root / 'app.db'}") as rt:
         assert rt.invoke("seed", {"bit": bit}, as_label="admin").status == "ok"
